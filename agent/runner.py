@@ -1,0 +1,424 @@
+"""`dh-agent run`: the whole pipeline under one asyncio TaskGroup.
+
+    drivers -> poller -> (stamp) -> aggregator -> store -> uplink
+                      \\-> limiter -> actuator
+                      \\-> monitors -> events -> store -> uplink
+
+The decisions live in pure modules (aggregator, limiter, monitors, config); this module
+only moves readings between them and does the I/O. The store is synchronous and
+confined to one writer thread (``self.db``); nothing blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from agent import aggregator as agg
+from agent.clock import SyncClock
+from agent.config import Config
+from agent.events import event_body
+from agent.jws import Signer, envelope
+from agent.keys import load_private
+from agent.limiter import LimiterParams, LimiterState, MeterInput
+from agent.limiter import step as limiter_step
+from agent.logs import RateLimiter
+from agent.monitors import MonitorParams, Monitors
+from agent.notify import Notifier
+from agent.poll import device_spec
+from agent.stamping import ReadingStamper
+from agent.store import SampleRow, Store
+from agent.uplink import MqttSettings, Uplink
+from drivers.device import Device, DevicePool
+from drivers.types import Clock, Reading
+
+log = logging.getLogger("dh.agent")
+T = TypeVar("T")
+
+
+@dataclass
+class Channel:
+    """Per-device pipeline state."""
+
+    device: Device
+    params: agg.RecordParams
+    state: agg.AggState
+    pending: list[agg.Sample] = field(default_factory=list)
+    last: Reading | None = None
+    poll_s: float = 1.0
+    poll_now: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def record_params(cfg: Config, name: str, role: str, rollover: dict[str, float]) -> agg.RecordParams:
+    heat = role == "heat_meter"
+    return agg.RecordParams(
+        device=name,
+        role=role,
+        period_s=cfg.site.period_s,
+        flow_limit_m3h=cfg.contract.flow_limit_m3h if heat else None,
+        power_limit_kw=cfg.contract.power_limit_kw if heat else None,
+        rollover=rollover,
+    )
+
+
+def limiter_params(cfg: Config) -> LimiterParams:
+    return LimiterParams(
+        flow_limit_m3h=cfg.contract.flow_limit_m3h,
+        power_limit_kw=cfg.contract.power_limit_kw,
+        period_s=cfg.site.period_s,
+        enforce=cfg.contract.enforce,
+        refresh_s=max(2.0, cfg.limiter.watchdog_s / 3),
+    )
+
+
+def monitor_params(cfg: Config) -> MonitorParams:
+    d = cfg.delivery
+    return MonitorParams(
+        supply_min_c=d.supply_min_c,
+        supply_max_c=d.supply_max_c,
+        dp_min_kpa=d.dp_min_kpa,
+        cooling_min_c=d.cooling_min_c,
+        return_max_c=d.return_max_c,
+        outage_supply_c=d.outage_supply_c,
+        debounce_s=d.debounce_s,
+    )
+
+
+def to_sample(r: Reading, ts: float, extra: frozenset[str]) -> agg.Sample:
+    vals = {k: v.value for k, v in r.values.items() if v.good and math.isfinite(v.value)}
+    flags = set(extra)
+    status = r.values.get("status")
+    if status is not None and (not status.good or status.value != 0):
+        flags.add("meter_error")
+    if any(not v.good for v in r.values.values()):
+        flags.add("meter_error")
+    return agg.Sample(ts=ts, values=vals, flags=frozenset(flags))
+
+
+class Agent:
+    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.clock: Clock = clock if clock is not None else SyncClock()
+        self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.store: Store | None = None
+        self.uplink: Uplink | None = None
+        self.signer = Signer(load_private(cfg.keys.agent_key))
+        self.pool = DevicePool(self.clock)
+        self.channels: dict[str, Channel] = {}
+        self.sample_buf: list[SampleRow] = []
+        self.boot = 0
+        self.stamper = ReadingStamper()
+        self.monitors = Monitors(monitor_params(cfg))
+        self.lparams = limiter_params(cfg)
+        self.lstate = LimiterState.initial() if hasattr(LimiterState, "initial") else LimiterState()
+        self.actuator: Device | None = None
+        self.limiting = False
+        self.notifier = Notifier()
+        self.errlog = RateLimiter(60.0)
+        self.stopping = asyncio.Event()
+        self.topic = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}"
+        self.remote: Any = None  # agent.remote.Remote, when configured
+
+    # --- helpers ------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store method on the writer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.db, functools.partial(fn, *args))
+
+    def sign_body(self, stream: str) -> Callable[[dict[str, Any], int, str | None], str]:
+        def sign(body: dict[str, Any], seq: int, prev: str | None) -> str:
+            return self.signer.sign(
+                envelope(self.cfg.site.id, stream, seq, prev, self.clock.wall(), body)
+            )
+
+        return sign
+
+    async def emit_event(self, ev: dict[str, Any]) -> None:
+        """Store (signed, chained) and queue one event."""
+        assert self.store is not None
+        body = event_body(ev, self.clock.wall())
+        log.info("event %s %s", body.get("kind"), body.get("device", ""))
+        await self.call(
+            self.store.add_event, body, f"{self.topic}/event", self.sign_body("event")
+        )
+        if self.uplink is not None:
+            self.uplink.wake()
+
+    # --- startup --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        cfg = self.cfg
+        self.store = store = await self.call(
+            lambda: Store(
+                cfg.storage.path,
+                max_mb=cfg.storage.max_mb,
+                sample_retention_days=cfg.storage.sample_retention_days,
+            )
+        )
+        self.boot = await self.call(store.next_boot)
+        for d in cfg.devices:
+            spec = device_spec(d)
+            dev = self.pool.add(spec)
+            rollover = {r.name: r.rollover for r in spec.profile.registers if r.rollover}
+            raw = await self.call(store.load_agg_state, d.name)
+            state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
+            ch = Channel(dev, record_params(cfg, d.name, d.role, rollover), state, poll_s=d.poll_s)
+            since = state.boundary if state.boundary is not None else 0.0
+            rows = await self.call(store.samples_since, d.name, float(since))
+            ch.pending = [
+                agg.Sample(ts=r.ts, values=r.values, flags=frozenset(r.flags))
+                for r in rows
+                if r.ts is not None
+            ]
+            self.channels[d.name] = ch
+            if d.role == "actuator" and d.name == cfg.limiter.actuator:
+                self.actuator = dev
+        self.uplink = Uplink(
+            MqttSettings(
+                url=cfg.mqtt.url,
+                topic_prefix=cfg.mqtt.topic_prefix,
+                site=cfg.site.id,
+                client_id=cfg.mqtt.client_id,
+                username=cfg.mqtt.username,
+                password=cfg.mqtt.password_file.read_text().strip()
+                if cfg.mqtt.password_file
+                else None,
+                ca_file=str(cfg.mqtt.ca_file) if cfg.mqtt.ca_file else None,
+                cert_file=str(cfg.mqtt.cert_file) if cfg.mqtt.cert_file else None,
+                key_file=str(cfg.mqtt.key_file) if cfg.mqtt.key_file else None,
+                keepalive_s=cfg.mqtt.keepalive_s,
+            ),
+            self.signer,
+            store,
+            self.db,
+            boot=self.boot,
+            on_message=self.on_message,
+            subscriptions=[f"{self.topic}/config/set", f"{self.topic}/cmd"],
+        )
+        log.info(
+            "dh-agent started: site %s, boot %d, %d devices, period %d s",
+            cfg.site.id,
+            self.boot,
+            len(cfg.devices),
+            cfg.site.period_s,
+        )
+
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        if self.remote is not None:
+            await self.remote.handle(topic, payload)
+
+    # --- the pipeline ---------------------------------------------------------------
+
+    async def poll_loop(self, ch: Channel) -> None:
+        mono = self.clock.mono
+        next_t = mono()
+        while True:
+            try:
+                r = await ch.device.read()
+                await self.on_reading(ch, r)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # one device's failure never stops the others
+                ok, n = self.errlog.allow(f"poll:{ch.params.device}", mono())
+                if ok:
+                    log.exception("device %s: poll failed (%s; %d suppressed)", ch.params.device, e, n)
+            next_t += ch.poll_s
+            delay = next_t - mono()
+            if delay < -ch.poll_s:  # fell behind (slow bus): do not burst to catch up
+                next_t = mono()
+                delay = 0.0
+            ch.poll_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ch.poll_now.wait(), max(0.0, delay))
+
+    async def on_reading(self, ch: Channel, r: Reading) -> None:
+        ch.last = r
+        name, role = ch.params.device, ch.params.role
+        # monitors and limiter act on the live reading, on the monotonic clock's "now"
+        values = {k: (v.value if v.good else None) for k, v in r.values.items()}
+        for ev in self.monitors.observe(name, role, r.ts, values, r.ok):
+            await self.emit_event(ev)
+        if role == "heat_meter" and self.lparams.flow_limit_m3h is not None:
+            await self.run_limiter(r)
+        # timestamps: readings before clock sync are held and restamped later
+        for rr, ts, flags in self.stamper.push(r):
+            if self.limiting and role == "heat_meter":
+                flags = flags | {"limited"}
+            s = to_sample(rr, ts, flags)
+            ch.pending.append(s)
+            self.sample_buf.append(
+                SampleRow(
+                    device=name,
+                    ts=ts,
+                    mono=rr.mono,
+                    boot=self.boot,
+                    synced=rr.synced,
+                    ok=rr.ok,
+                    values=dict(s.values),
+                    flags=sorted(s.flags),
+                )
+            )
+        await self.close_periods(ch)
+
+    async def close_periods(self, ch: Channel) -> None:
+        st = ch.state
+        if not ch.pending:
+            return
+        newest = max(s.ts for s in ch.pending)
+        p = ch.params.period_s
+        if st.boundary is not None and newest < st.boundary + p:
+            return
+        if st.boundary is None and math.floor(newest / p) == math.floor(ch.pending[0].ts / p):
+            return
+        records, new_state = agg.close_periods(st, ch.pending, ch.params)
+        if not records:
+            ch.state = new_state
+            return
+        assert self.store is not None
+        # the samples behind these records go first, so a crash cannot lose them
+        await self.flush_samples()
+        await self.call(
+            self.store.commit_intervals,
+            ch.params.device,
+            new_state.to_json(),
+            records,
+            f"{self.topic}/interval",
+            self.sign_body("interval"),
+        )
+        ch.state = new_state
+        b = new_state.boundary
+        ch.pending = [s for s in ch.pending if b is None or s.ts > b]
+        for rec in records:
+            for ev in self.monitors.on_record(rec):
+                await self.emit_event(ev)
+        if self.uplink is not None:
+            self.uplink.wake()
+
+    async def run_limiter(self, r: Reading) -> None:
+        m = MeterInput(
+            t=r.ts,
+            volume_m3=r.good("volume_m3"),
+            energy_kwh=r.good("energy_kwh"),
+            flow_m3h=r.good("flow_m3h"),
+            power_kw=r.good("power_kw"),
+            valid=r.ok and r.good("volume_m3") is not None,
+        )
+        self.lstate, action = limiter_step(self.lparams, self.lstate, m)
+        self.limiting = action.limiting
+        for ev in action.events:
+            await self.emit_event(ev)
+        if action.write_pct is not None and self.actuator is not None and self.lparams.enforce:
+            try:
+                await self.actuator.write("limit_pct", action.write_pct)
+            except Exception as e:
+                ok, n = self.errlog.allow("actuator-write", self.clock.mono())
+                if ok:
+                    log.warning("actuator write failed: %s (%d suppressed)", e, n)
+
+    async def flush_samples(self) -> None:
+        if not self.sample_buf or self.store is None:
+            return
+        rows, self.sample_buf = self.sample_buf, []
+        await self.call(self.store.add_samples, rows)
+
+    async def flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.storage.flush_s)
+            await self.flush_samples()
+
+    async def maintenance_loop(self) -> None:
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(3600)
+            done = await self.call(self.store.prune, self.clock.wall())
+            lost = {k: v for k, v in done.items() if k != "samples" and v}
+            if lost:
+                await self.emit_event({"kind": "data_pruned", "lost": lost})
+
+    async def telemetry_loop(self) -> None:
+        assert self.uplink is not None
+        while True:
+            await asyncio.sleep(self.cfg.mqtt.telemetry_s)
+            body = {
+                "devices": {
+                    name: {
+                        "ok": ch.last.ok,
+                        "health": str(ch.device.health),
+                        "ts": ch.last.ts,
+                        "clock_synced": ch.last.synced,
+                        "values": {k: v.to_json() for k, v in ch.last.values.items()},
+                    }
+                    for name, ch in self.channels.items()
+                    if ch.last is not None
+                },
+                "limiting": self.limiting,
+            }
+            await self.uplink.publish_live("telemetry", "telemetry", body)
+
+    async def watchdog_loop(self) -> None:
+        every = (self.notifier.watchdog_s or 0) / 2
+        if every <= 0:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(every)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.open()
+        assert self.uplink is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self.uplink.run(), name="uplink"),
+                    tg.create_task(self.flush_loop(), name="flush"),
+                    tg.create_task(self.maintenance_loop(), name="maintenance"),
+                    tg.create_task(self.telemetry_loop(), name="telemetry"),
+                    tg.create_task(self.watchdog_loop(), name="watchdog"),
+                ]
+                for ch in self.channels.values():
+                    tasks.append(tg.create_task(self.poll_loop(ch), name=f"poll:{ch.params.device}"))
+                self.notifier.ready()
+                await self.stopping.wait()
+                log.info("stopping")
+                self.notifier.stopping()
+                for t in tasks:
+                    t.cancel()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.flush_samples()
+        if self.uplink is not None:
+            try:
+                await asyncio.wait_for(self.uplink.shutdown(), 10)
+            except Exception as e:
+                log.warning("uplink shutdown: %s", e)
+        await self.pool.close()
+        if self.store is not None:
+            await self.call(self.store.close)
+        self.db.shutdown(wait=True)
+
+
+def run_agent(cfg: Config) -> int:
+    t0 = time.monotonic()
+    agent = Agent(cfg)
+    asyncio.run(agent.run())
+    log.info("stopped after %.0f s", time.monotonic() - t0)
+    return 0

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian 12 machine for dh-agent development: the Debian packages the
+# demo and the tests need (python3-venv, mosquitto; installed only when missing), and the
+# project's virtual environment .venv with the package installed editable. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+if [ "${DH_SKIP_APT:-}" = "" ] && [ "${#need[@]}" -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "bootstrap: installing Debian packages: ${need[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    # the Debian package starts a broker on 1883; the tests start their own on free ports
+fi
+
+stamp=.venv/.dh-installed
+want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "bootstrap: preparing .venv" >&2
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test,demo]'
+    echo "$want" > "$stamp"
+fi
