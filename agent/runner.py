@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from agent import aggregator as agg
 from agent.clock import SyncClock
+from agent.commands import RemoteHandler
 from agent.config import Config
 from agent.events import event_body
 from agent.jws import Signer, envelope
@@ -35,6 +36,7 @@ from agent.logs import RateLimiter
 from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
 from agent.poll import device_spec
+from agent.remote import apply_overlay
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
 from agent.uplink import MqttSettings, Uplink
@@ -105,13 +107,15 @@ def to_sample(r: Reading, ts: float, extra: frozenset[str]) -> agg.Sample:
 
 
 class Agent:
-    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
+    def __init__(self, cfg: Config, clock: Clock | None = None, config_version: int = 0) -> None:
         self.cfg = cfg
+        self.config_version = config_version
         self.clock: Clock = clock if clock is not None else SyncClock()
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.store: Store | None = None
         self.uplink: Uplink | None = None
-        self.signer = Signer(load_private(cfg.keys.agent_key))
+        rotated = cfg.storage.path.parent / "agent-rotated.key"
+        self.signer = Signer(load_private(rotated if rotated.exists() else cfg.keys.agent_key))
         self.pool = DevicePool(self.clock)
         self.channels: dict[str, Channel] = {}
         self.sample_buf: list[SampleRow] = []
@@ -126,7 +130,7 @@ class Agent:
         self.errlog = RateLimiter(60.0)
         self.stopping = asyncio.Event()
         self.topic = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}"
-        self.remote: Any = None  # agent.remote.Remote, when configured
+        self.remote = RemoteHandler(self, config_version)
 
     # --- helpers ------------------------------------------------------------------
 
@@ -166,6 +170,7 @@ class Agent:
             )
         )
         self.boot = await self.call(store.next_boot)
+        await self.remote.load_seen()
         for d in cfg.devices:
             spec = device_spec(d)
             dev = self.pool.add(spec)
@@ -214,8 +219,40 @@ class Agent:
         )
 
     async def on_message(self, topic: str, payload: bytes) -> None:
-        if self.remote is not None:
+        try:
             await self.remote.handle(topic, payload)
+        except Exception:  # garbage on a subscribed topic never stops the agent
+            log.exception("remote message on %s not handled", topic)
+
+    def apply_config(self, cfg: Config) -> None:
+        """Put a validated config in effect without a restart (remote config/set):
+        limiter, monitors, records and poll rates follow from the next poll on."""
+        self.cfg = cfg
+        self.lparams = limiter_params(cfg)
+        self.monitors.params = monitor_params(cfg)
+        for d in cfg.devices:
+            ch = self.channels.get(d.name)
+            if ch is None:
+                continue
+            ch.poll_s = d.poll_s
+            ch.params = record_params(cfg, d.name, d.role, ch.params.rollover)
+        log.info("config applied: version %d", self.remote.version)
+
+    def set_signer(self, signer: Signer) -> None:
+        self.signer = signer
+        if self.uplink is not None:
+            self.uplink.signer = signer
+
+    async def announce_loop(self) -> None:
+        """Publish the retained config/current on every (re)connection."""
+        assert self.uplink is not None
+        was = False
+        while True:
+            now = self.uplink.connected
+            if now and not was:
+                await self.remote.publish_current()
+            was = now
+            await asyncio.sleep(0.2)
 
     # --- the pipeline ---------------------------------------------------------------
 
@@ -390,6 +427,7 @@ class Agent:
                     tg.create_task(self.maintenance_loop(), name="maintenance"),
                     tg.create_task(self.telemetry_loop(), name="telemetry"),
                     tg.create_task(self.watchdog_loop(), name="watchdog"),
+                    tg.create_task(self.announce_loop(), name="announce"),
                 ]
                 for ch in self.channels.values():
                     tasks.append(tg.create_task(self.poll_loop(ch), name=f"poll:{ch.params.device}"))
@@ -418,7 +456,10 @@ class Agent:
 
 def run_agent(cfg: Config) -> int:
     t0 = time.monotonic()
-    agent = Agent(cfg)
+    cfg, version, problem = apply_overlay(cfg)
+    if problem:
+        log.error("remote config overlay ignored: %s", problem)
+    agent = Agent(cfg, config_version=version)
     asyncio.run(agent.run())
     log.info("stopped after %.0f s", time.monotonic() - t0)
     return 0

@@ -1,0 +1,162 @@
+"""The I/O around remote configuration and commands: runs the pure decisions of
+``agent.remote`` against the live agent, persists what was accepted, answers every
+message with a signed ack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agent.config import remote_view
+from agent.jws import Signer, thumbprint
+from agent.keys import load_public
+from agent.remote import CMD_WINDOW_S, decide_cmd, decide_config, persist_overlay, write_atomic
+
+if TYPE_CHECKING:
+    from agent.runner import Agent
+
+log = logging.getLogger("dh.remote")
+
+
+def load_operator_keys(paths: tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
+    keys: dict[str, Ed25519PublicKey] = {}
+    for p in paths:
+        try:
+            k = load_public(p)
+        except (OSError, ValueError) as e:
+            log.error("operator key %s unusable: %s", p, e)
+            continue
+        keys[thumbprint(k)] = k
+    return keys
+
+
+def rotated_key_path(agent: Agent) -> Path:
+    return agent.cfg.storage.path.parent / "agent-rotated.key"
+
+
+class RemoteHandler:
+    def __init__(self, agent: Agent, version: int) -> None:
+        self.agent = agent
+        self.version = version
+        self.keys = load_operator_keys(agent.cfg.keys.operator_pubkeys)
+        self.seen: dict[str, float] = {}
+        self.lock = asyncio.Lock()  # one remote message at a time, in arrival order
+
+    async def load_seen(self) -> None:
+        st = self.agent.store
+        assert st is not None
+        raw = await self.agent.call(st.get_meta, "cmd_ids")
+        try:
+            self.seen = {str(k): float(v) for k, v in json.loads(raw or "{}").items()}
+        except (ValueError, AttributeError):
+            self.seen = {}
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        base = self.agent.topic
+        async with self.lock:
+            if topic == f"{base}/config/set":
+                await self.on_config(payload)
+            elif topic == f"{base}/cmd":
+                await self.on_cmd(payload)
+
+    async def publish_current(self) -> None:
+        up = self.agent.uplink
+        if up is not None:
+            body = {"version": self.version, "config": remote_view(self.agent.cfg)}
+            await up.publish_live("config", "config/current", body, qos=1, retain=True)
+
+    async def on_config(self, payload: bytes) -> None:
+        a = self.agent
+        d = decide_config(
+            payload, keys=self.keys, site=a.cfg.site.id, active_version=self.version, active=a.cfg
+        )
+        if d.accepted and d.config is not None and d.version is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, persist_overlay, d.config, d.version
+                )
+            except OSError as e:
+                d = type(d)(
+                    {"version": d.version, "result": "rejected", "reason": f"invalid: (store): {e}"},
+                    False,
+                )
+            else:
+                self.version = d.version
+                a.apply_config(d.config)
+                await a.emit_event(
+                    {"kind": "config_applied", "version": d.version, "config": remote_view(d.config)}
+                )
+                await self.publish_current()
+        if not d.accepted:
+            log.warning("config/set rejected: %s", d.ack.get("reason"))
+        if a.uplink is not None:
+            await a.uplink.publish_live("ack", "config/ack", d.ack, qos=1)
+
+    async def on_cmd(self, payload: bytes) -> None:
+        a = self.agent
+        now = a.clock.wall()
+        d = decide_cmd(payload, keys=self.keys, site=a.cfg.site.id, now=now, seen_ids=set(self.seen))
+        ack = dict(d.ack)
+        if d.accepted and d.command is not None:
+            # remember the id before acting: a replay after a crash is still a replay
+            self.seen = {k: t for k, t in self.seen.items() if now - t < 2 * CMD_WINDOW_S}
+            self.seen[str(d.command["id"])] = now
+            assert a.store is not None
+            await a.call(a.store.set_meta, "cmd_ids", json.dumps(self.seen))
+            try:
+                extra = await self.run_command(d.command)
+                ack.update(extra)
+            except Exception as e:  # a failing command is answered, never fatal
+                log.exception("command %s failed", d.command.get("cmd"))
+                ack.update({"result": "rejected", "reason": f"failed: {e}"})
+        else:
+            log.warning("cmd rejected: %s", ack.get("reason"))
+        if a.uplink is not None:
+            await a.uplink.publish_live("ack", "cmd/ack", ack, qos=1)
+
+    async def run_command(self, c: dict[str, Any]) -> dict[str, Any]:
+        a = self.agent
+        name = c["cmd"]
+        if name == "poll_now":
+            for ch in a.channels.values():
+                ch.poll_now.set()
+            return {}
+        if name == "resend":
+            assert a.store is not None
+            n = await a.call(a.store.mark_unsent, c["stream"], c["from_seq"], c["to_seq"])
+            if a.uplink is not None:
+                a.uplink.wake()
+            return {"count": n}
+        if name == "rotate_key":
+            return await self.rotate_key()
+        raise ValueError(f"unknown command {name}")
+
+    async def rotate_key(self) -> dict[str, Any]:
+        """New agent key: persisted first, announced in an event signed by the old key,
+        used from the next message on."""
+        a = self.agent
+        new = Ed25519PrivateKey.generate()
+        pem = new.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path = rotated_key_path(a)
+        await asyncio.get_running_loop().run_in_executor(None, write_atomic, path, pem)
+        path.chmod(0o600)
+        pub = new.public_key()
+        pub_pem = pub.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+        kid = thumbprint(pub)
+        await a.emit_event(
+            {"kind": "key_rotated", "old_kid": a.signer.kid, "new_kid": kid, "new_pubkey": pub_pem}
+        )
+        a.set_signer(Signer(new))
+        return {"new_kid": kid}

@@ -1,0 +1,297 @@
+"""`dh-agent demo`: the whole system on one machine.
+
+The simulator (winter-peak by default), an MQTT broker (Mosquitto when installed, else
+the embedded pure-Python amqtt), the agent with short periods and a 2.5 m3/h contract,
+and a head-end subscriber that verifies every message that comes back from the broker.
+A live terminal view (rich) shows readings, the last interval records, the limiter and
+events; ``--plain`` prints one line per verified message instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from agent.config import load
+from agent.jws import JWSError, chain_hash, thumbprint, verify
+from agent.keys import keygen, load_public
+from agent.runner import Agent
+from simulator.server import SimServer
+
+SITE = "demo-site"
+PREFIX = "dh/v1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """Mosquitto on a free loopback port when installed, else embedded amqtt."""
+
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        self.work = work
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.embedded: Any = None
+        self.kind = ""
+
+    async def start(self) -> None:
+        exe = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+        )
+        if exe:
+            conf = self.work / "mosquitto.conf"
+            conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+            log = (self.work / "mosquitto.log").open("ab")
+            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
+            self.kind = "mosquitto"
+        else:
+            from amqtt.broker import Broker as AmqttBroker
+
+            self.embedded = AmqttBroker(
+                {
+                    "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+                    "plugins": {
+                        "amqtt.plugins.authentication.AnonymousAuthPlugin": {
+                            "allow_anonymous": True
+                        }
+                    },
+                }
+            )
+            await self.embedded.start()
+            self.kind = "amqtt (embedded)"
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("the MQTT broker did not start")
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+        if self.embedded is not None:
+            with contextlib.suppress(Exception):
+                await self.embedded.shutdown()
+
+
+def write_config(work: Path, sim_addr: tuple[str, int], mqtt_port: int, period_s: int) -> Path:
+    host, port = sim_addr
+    devs = ""
+    for name, role, prof, unit in (
+        ("hm1", "heat_meter", "sim-heat-meter", 1),
+        ("dp1", "dp_sensor", "sim-dp-sensor", 2),
+        ("valve", "actuator", "sim-actuator", 3),
+    ):
+        devs += (
+            f'\n[[devices]]\nname = "{name}"\nrole = "{role}"\nprofile = "{prof}"\n'
+            f'transport = "tcp"\nhost = "{host}"\nport = {port}\nunit = {unit}\npoll_s = 1.0\n'
+        )
+    cfg = work / "agent.toml"
+    cfg.write_text(
+        f'[site]\nid = "{SITE}"\nperiod_s = {period_s}\n\n'
+        f'[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\ntopic_prefix = "{PREFIX}"\n'
+        "telemetry_s = 2\n\n"
+        '[keys]\nagent_key = "agent.key"\noperator_pubkeys = ["operator.pub"]\n\n'
+        '[storage]\npath = "agent.db"\nflush_s = 5\n\n'
+        "[contract]\nflow_limit_m3h = 2.5\nenforce = true\n\n"
+        "[delivery]\ndebounce_s = 3\n" + devs
+    )
+    return cfg
+
+
+class HeadEnd:
+    """Subscribes to the site and verifies every message (signature, seq, chain)."""
+
+    def __init__(self, port: int, pub_path: Path, plain: bool) -> None:
+        pub = load_public(pub_path)
+        self.keys = {thumbprint(pub): pub}
+        self.port = port
+        self.plain = plain
+        self.records: deque[dict[str, Any]] = deque(maxlen=6)
+        self.events: deque[dict[str, Any]] = deque(maxlen=6)
+        self.ok = 0
+        self.bad = 0
+        self.verified_intervals = 0
+        self.last: dict[str, tuple[int, str]] = {}  # stream -> (seq, hash)
+        self.lines: deque[str] = deque(maxlen=8)
+
+    def note(self, line: str) -> None:
+        self.lines.append(line)
+        if self.plain:
+            print(line, flush=True)
+
+    def check(self, topic: str, payload: bytes) -> None:
+        stream = topic.split("/", 3)[-1]
+        try:
+            env = verify(payload.decode("ascii"), self.keys)
+        except (JWSError, UnicodeDecodeError) as e:
+            self.bad += 1
+            self.note(f"REJECTED {stream}: {e}")
+            return
+        s = env.get("stream", "")
+        seq, prev = env.get("seq"), env.get("prev")
+        why = ""
+        if s in ("interval", "event") and isinstance(seq, int):
+            last = self.last.get(s)
+            if last is not None and seq == last[0] + 1 and prev != last[1]:
+                why = " (chain broken!)"
+            self.last[s] = (seq, chain_hash(payload.decode("ascii")))
+        self.ok += 1
+        body = env.get("body", {})
+        if s == "interval":
+            self.verified_intervals += 1
+            self.records.append(body)
+            if body.get("role") == "heat_meter":
+                self.note(
+                    f"verified interval #{seq} {body.get('device')} {body.get('start')} "
+                    f"energy {body.get('energy_kwh')} kWh volume {body.get('volume_m3')} m3 "
+                    f"flow_avg {body.get('flow_avg_m3h')} m3/h flags {body.get('flags')}{why}"
+                )
+            else:
+                self.note(
+                    f"verified interval #{seq} {body.get('device')} {body.get('start')} "
+                    f"dp_avg {body.get('dp_avg_kpa')} kPa{why}"
+                )
+        elif s == "event":
+            self.events.append(body)
+            self.note(f"verified event #{seq} {body.get('kind')} {body.get('device', '')}{why}")
+        elif s == "status":
+            self.note(f"verified status {body.get('state')} boot {body.get('boot')}")
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client("127.0.0.1", self.port, identifier="demo-headend") as c:
+                    await c.subscribe(f"{PREFIX}/{SITE}/#", qos=1)
+                    async for m in c.messages:
+                        if isinstance(m.payload, bytes):
+                            self.check(str(m.topic), m.payload)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.5)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return "-" if v is None else str(v)
+
+
+def render(agent: Agent, head: HeadEnd, broker: str, t0: float) -> Any:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    live = Table(title="current readings", expand=True)
+    for col in ("device", "health", "value", "unit", "quality"):
+        live.add_column(col)
+    for name, ch in agent.channels.items():
+        r = ch.last
+        if r is None:
+            continue
+        first = True
+        for k, v in r.values.items():
+            if k in ("device_type", "serial", "operating_hours", "energy_unit", "volume_unit"):
+                continue
+            live.add_row(
+                name if first else "", str(ch.device.health) if first else "",
+                f"{k} {_fmt(v.value)}", v.unit, str(v.quality),
+            )
+            first = False
+    rec = Table(title="last interval records (verified from the broker)", expand=True)
+    for col in ("device", "start", "energy kWh", "volume m3", "flow avg", "dp avg", "flags"):
+        rec.add_column(col)
+    for b in list(head.records)[-6:]:
+        rec.add_row(
+            str(b.get("device")), str(b.get("start", ""))[11:19], _fmt(b.get("energy_kwh")),
+            _fmt(b.get("volume_m3")), _fmt(b.get("flow_avg_m3h")), _fmt(b.get("dp_avg_kpa")),
+            ",".join(b.get("flags", [])),
+        )
+    ev = Table(title="events", expand=True)
+    ev.add_column("time")
+    ev.add_column("kind")
+    ev.add_column("detail")
+    for e in list(head.events)[-6:]:
+        detail = {k: v for k, v in e.items() if k in ("device", "value", "threshold", "duration_s")}
+        ev.add_row(str(e.get("time", ""))[11:19], str(e.get("kind")), json.dumps(detail))
+    lim = agent.lparams
+    head_line = (
+        f"dh-agent demo  |  up {time.monotonic() - t0:.0f} s  |  broker {broker}  |  "
+        f"period {agent.cfg.site.period_s} s  |  limit {lim.flow_limit_m3h} m3/h  |  "
+        f"limiter {'LIMITING' if agent.limiting else 'idle'}  |  "
+        f"messages verified {head.ok}, rejected {head.bad}  |  Ctrl-C stops"
+    )
+    return Group(Panel(head_line), live, rec, ev)
+
+
+async def demo_main(args: argparse.Namespace) -> int:
+    work = args.dir or Path(tempfile.mkdtemp(prefix="dh-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("agent", "operator"):
+        if not (work / f"{name}.key").exists():
+            keygen(work, name)
+    broker = Broker(work)
+    await broker.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"dh-agent demo: work dir {work}, broker {broker.kind} on port {broker.port}", flush=True)
+    try:
+        async with SimServer(scenario=args.scenario, seed=1, tcp=("127.0.0.1", 0)) as sim:
+            assert sim.tcp_address is not None
+            cfg = load(write_config(work, sim.tcp_address, broker.port, args.period_s))
+            agent = Agent(cfg)
+            head = HeadEnd(broker.port, work / "agent.pub", args.plain)
+            t0 = time.monotonic()
+            async with asyncio.TaskGroup() as tg:
+                ht = tg.create_task(head.run())
+                at = tg.create_task(agent.run())
+                # the agent installs its own SIGINT/SIGTERM handlers: watch both
+                if args.seconds is not None:
+                    loop.call_later(args.seconds, stop.set)
+                if args.plain:
+                    while not stop.is_set() and not at.done() and not agent.stopping.is_set():
+                        await asyncio.sleep(0.2)
+                else:
+                    from rich.live import Live
+
+                    with Live(render(agent, head, broker.kind, t0), refresh_per_second=2) as lv:
+                        while not stop.is_set() and not at.done() and not agent.stopping.is_set():
+                            await asyncio.sleep(0.5)
+                            lv.update(render(agent, head, broker.kind, t0))
+                agent.stopping.set()
+                await at
+                await asyncio.sleep(0.5)  # let the offline status come back
+                ht.cancel()
+            print(
+                f"demo: {head.ok} messages verified ({head.verified_intervals} interval records), "
+                f"{head.bad} rejected",
+                flush=True,
+            )
+            return 0 if head.bad == 0 else 1
+    finally:
+        await broker.stop()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(demo_main(args))

@@ -1,0 +1,93 @@
+"""Ed25519 key files: ``keygen`` and loading.
+
+``NAME.key``: PKCS#8 PEM, unencrypted, mode 0600. ``NAME.pub``: SubjectPublicKeyInfo PEM,
+mode 0644. Both are written to a temporary file in the same folder and renamed into
+place, so a crash never leaves half a key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+    load_pem_public_key,
+)
+
+from agent.jws import thumbprint
+
+log = logging.getLogger(__name__)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)  # whatever the umask
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def keygen(out_dir: Path, name: str = "agent", force: bool = False) -> str:
+    """Write ``NAME.key`` and ``NAME.pub`` in ``out_dir``; return the key id.
+
+    Raises ``FileExistsError(path)`` if either file exists and ``force`` is False.
+    """
+    out_dir = Path(out_dir)
+    key_path, pub_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"
+    if not force:
+        for p in (key_path, pub_path):
+            if p.exists() or p.is_symlink():
+                raise FileExistsError(str(p))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    pub = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    _write(key_path, pem, 0o600)
+    _write(pub_path, pub, 0o644)
+    return thumbprint(key.public_key())
+
+
+def load_private(path: Path) -> Ed25519PrivateKey:
+    """Load a PKCS#8 PEM Ed25519 private key; warns if group/others can read it."""
+    path = Path(path)
+    data = path.read_bytes()
+    with contextlib.suppress(OSError):
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("%s: private key is readable by group/others; chmod 600 it", path)
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: not an unencrypted PEM private key ({e})") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def load_public(path: Path) -> Ed25519PublicKey:
+    """Load a SubjectPublicKeyInfo PEM Ed25519 public key."""
+    path = Path(path)
+    try:
+        key = load_pem_public_key(path.read_bytes())
+    except ValueError as e:
+        raise ValueError(f"{path}: not a PEM public key ({e})") from e
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path}: not an Ed25519 public key")
+    return key

@@ -1,0 +1,212 @@
+"""Backlog drain throughput: the agent's uplink against a bare paho-mqtt QoS 1 publisher.
+
+Stores N interval messages (signed, chained) through ``agent.store.Store``, starts a local
+Mosquitto on a free port, then measures in the same run:
+
+- agent: ``Uplink.run()`` draining the store (QoS 1, window 32, marks sent in the store)
+  until nothing is unsent;
+- bare: one paho-mqtt client publishing the same stored payloads to the same topic with
+  QoS 1 and the same in-flight window (32), until every PUBACK is in; with MQTT 5, the
+  protocol the agent negotiates with Mosquitto (the ratio), and for information with
+  MQTT 3.1.1 too (paho decodes MQTT 5 PUBACKs noticeably slower).
+
+Each side runs ``--rounds`` times (between rounds the agent's messages are marked unsent
+again with ``Store.mark_unsent``, as ``cmd resend`` does) and the best round counts. Last line: JSON
+``{"agent_msgs_s", "bare_msgs_s", "ratio", ...}``; target ratio >= 0.5.
+
+    python -m bench.drain [--n 10000] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.jws import Signer, envelope
+from agent.store import Store
+from agent.uplink import MqttSettings, Uplink
+from tests.support.mosquitto import Mosquitto
+
+SITE = "bench-site"
+PREFIX = "dh/v1"
+WINDOW = 32
+
+
+def interval_body(i: int, t0: float) -> dict[str, Any]:
+    start = t0 + i * 3600
+    return {
+        "device": "hm1",
+        "role": "heat_meter",
+        "start": start,
+        "end": start + 3600,
+        "period_s": 3600,
+        "samples": 3600,
+        "flags": [],
+        "energy_start_kwh": 1000.0 + i * 50,
+        "energy_end_kwh": 1050.0 + i * 50,
+        "energy_kwh": 50.0,
+        "volume_start_m3": 200.0 + i,
+        "volume_end_m3": 201.0 + i,
+        "volume_m3": 1.0,
+        "flow_avg_m3h": 1.0,
+        "flow_max_m3h": 1.4,
+        "power_avg_kw": 50.0,
+        "power_max_kw": 61.2,
+        "supply_avg_c": 78.1,
+        "return_avg_c": 41.9,
+        "cooling_avg_c": 36.2,
+    }
+
+
+def fill(store: Store, signer: Signer, n: int) -> float:
+    t0 = time.time()
+    topic = f"{PREFIX}/{SITE}/interval"
+    for i in range(n):
+        body = interval_body(i, 1.7e9)
+
+        def sign(seq: int, prev: str | None, body: dict[str, Any] = body) -> str:
+            return signer.sign(envelope(SITE, "interval", seq, prev, time.time(), body))
+
+        store.append_message("interval", topic, 1, False, sign)
+    return time.time() - t0
+
+
+def agent_round(url: str, store: Store, signer: Signer, ex: ThreadPoolExecutor, n: int) -> float:
+    async def main() -> float:
+        up = Uplink(
+            MqttSettings(url=url, topic_prefix=PREFIX, site=SITE, client_id="bench-agent"),
+            signer,
+            store,
+            ex,
+            boot=1,
+            window=WINDOW,
+        )
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        task = asyncio.create_task(up.run())
+        while True:
+            left = await loop.run_in_executor(ex, store.unsent, 1)
+            if not left:
+                break
+            await asyncio.sleep(0.005)
+        dt = time.perf_counter() - t0
+        await up.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+        if up.published < n:
+            raise SystemExit(f"agent published {up.published} of {n}")
+        return dt
+
+    return asyncio.run(main())
+
+
+def bare_round(port: int, payloads: list[tuple[str, bytes]], protocol: int) -> float:
+    done = threading.Event()
+    acked = 0
+    lock = threading.Lock()
+
+    def on_publish(*_: Any) -> None:
+        nonlocal acked
+        with lock:
+            acked += 1
+            if acked == len(payloads):
+                done.set()
+
+    connected = threading.Event()
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=protocol)
+    c.max_inflight_messages_set(WINDOW)
+    c.max_queued_messages_set(0)
+    c.on_publish = on_publish
+    c.on_connect = lambda *_: connected.set()
+    t0 = time.perf_counter()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        if not connected.wait(10):
+            raise SystemExit("bare client did not connect")
+        for topic, p in payloads:
+            c.publish(topic, p, qos=1)
+        if not done.wait(300):
+            raise SystemExit(f"bare publisher: {acked} of {len(payloads)} acknowledged")
+        return time.perf_counter() - t0
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args(argv)
+    n = args.n
+    with tempfile.TemporaryDirectory(prefix="dh-drain-") as tmp:
+        work = Path(tmp)
+        signer = Signer(Ed25519PrivateKey.generate())
+        db = work / "agent.db"
+        ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        store: Store = ex.submit(Store, db).result()
+        fill_s = ex.submit(fill, store, signer, n).result()
+        stored = ex.submit(store.unsent, n + 1).result()
+        payloads = [(m.topic, m.payload.encode("ascii")) for m in stored]
+        size = sum(len(p) for _, p in payloads) / max(1, len(payloads))
+        print(f"stored {len(payloads)} interval messages in {fill_s:.2f} s, {size:.0f} B each")
+        broker = Mosquitto(work / "broker", persistence=False)
+        broker.start()
+        agent_s: list[float] = []
+        bare_s: list[float] = []
+        bare311_s: list[float] = []
+        try:
+            for r in range(args.rounds):
+                if r:  # the same messages again, as ``cmd resend`` would
+                    ex.submit(store.mark_unsent, "interval", 1, n).result()
+                dt = agent_round(broker.url, store, signer, ex, n)
+                agent_s.append(dt)
+                print(f"round {r + 1}: agent drained {n} in {dt:.3f} s = {n / dt:.0f} msg/s")
+                dt = bare_round(broker.port, payloads, paho.MQTTv5)
+                bare_s.append(dt)
+                print(
+                    f"round {r + 1}: bare paho (MQTT 5) published {n} in {dt:.3f} s"
+                    f" = {n / dt:.0f} msg/s"
+                )
+                dt = bare_round(broker.port, payloads, paho.MQTTv311)
+                bare311_s.append(dt)
+                print(
+                    f"round {r + 1}: bare paho (MQTT 3.1.1) published {n} in {dt:.3f} s"
+                    f" = {n / dt:.0f} msg/s"
+                )
+        finally:
+            broker.stop()
+            ex.submit(store.close).result()
+            ex.shutdown()
+    agent_rate = n / min(agent_s)
+    bare_rate = n / min(bare_s)
+    result = {
+        "agent_msgs_s": round(agent_rate, 1),
+        "bare_msgs_s": round(bare_rate, 1),
+        "ratio": round(agent_rate / bare_rate, 3),
+        "protocol": "MQTT 5 (agent and bare)",
+        "bare_mqtt311_msgs_s": round(n / min(bare311_s), 1),
+        "ratio_vs_mqtt311": round(agent_rate / (n / min(bare311_s)), 3),
+        "n": n,
+        "window": WINDOW,
+        "payload_bytes": round(size),
+        "rounds": args.rounds,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

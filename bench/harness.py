@@ -1,0 +1,163 @@
+"""Shared by the agent-level benchmarks: start dh-sim, a Mosquitto and `dh-agent run`
+as real processes on loopback, in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def mosquitto_exe() -> str:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise SystemExit("mosquitto is not installed (bash tests/bootstrap.sh installs it)")
+    return exe
+
+
+class Broker:
+    def __init__(self, work: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.conf = work / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
+        )
+        self.log = (work / "mosquitto.log").open("ab")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [mosquitto_exe(), "-c", str(self.conf)], stdout=self.log, stderr=self.log
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+class Rig:
+    """dh-sim + broker + a config for 3 devices; the agent is started by the bench."""
+
+    def __init__(self, period_s: int = 3600, scenario: str = "steady", poll_s: float = 1.0,
+                 flush_s: float | None = None) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="dh-bench-"))
+        self.period_s, self.scenario, self.poll_s, self.flush_s = period_s, scenario, poll_s, flush_s
+        self.broker = Broker(self.work)
+        self.sim: subprocess.Popen[str] | None = None
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.config = self.work / "agent.toml"
+
+    def __enter__(self) -> Rig:
+        self.broker.start()
+        self.sim = subprocess.Popen(
+            [str(BIN / "dh-sim"), "--tcp", "127.0.0.1:0", "--scenario", self.scenario, "--seed", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        assert self.sim.stdout is not None
+        host, port = json.loads(self.sim.stdout.readline())["tcp"].rsplit(":", 1)
+        for name in ("agent", "operator"):
+            subprocess.run(
+                [str(BIN / "dh-agent"), "keygen", "--out", str(self.work), "--name", name],
+                check=True, capture_output=True,
+            )
+        devs = ""
+        for name, role, prof, unit in (
+            ("hm1", "heat_meter", "sim-heat-meter", 1),
+            ("dp1", "dp_sensor", "sim-dp-sensor", 2),
+            ("valve", "actuator", "sim-actuator", 3),
+        ):
+            devs += (
+                f'\n[[devices]]\nname = "{name}"\nrole = "{role}"\nprofile = "{prof}"\n'
+                f'transport = "tcp"\nhost = "{host}"\nport = {port}\nunit = {unit}\n'
+                f"poll_s = {self.poll_s}\n"
+            )
+        flush = f"flush_s = {self.flush_s}\n" if self.flush_s else ""
+        self.config.write_text(
+            f'[site]\nid = "bench-1"\nperiod_s = {self.period_s}\n\n'
+            f'[mqtt]\nurl = "mqtt://127.0.0.1:{self.broker.port}"\n\n'
+            '[keys]\nagent_key = "agent.key"\noperator_pubkeys = ["operator.pub"]\n\n'
+            f'[storage]\npath = "agent.db"\n{flush}\n'
+            "[contract]\nflow_limit_m3h = 2.5\nenforce = true\n" + devs
+        )
+        return self
+
+    def start_agent(self, log_name: str = "agent.log") -> subprocess.Popen[bytes]:
+        self.agent = subprocess.Popen(
+            [str(BIN / "dh-agent"), "run", "--config", str(self.config)],
+            stdout=(self.work / log_name).open("ab"), stderr=subprocess.STDOUT,
+        )
+        return self.agent
+
+    def stop_agent(self) -> int | None:
+        if self.agent is None or self.agent.poll() is not None:
+            return self.agent.returncode if self.agent else None
+        self.agent.send_signal(signal.SIGTERM)
+        try:
+            return self.agent.wait(20)
+        except subprocess.TimeoutExpired:
+            self.agent.kill()
+            return None
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop_agent()
+        if self.sim is not None:
+            self.sim.terminate()
+            self.sim.wait(10)
+        self.broker.stop()
+        if not os.environ.get("DH_BENCH_KEEP"):
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def proc_io_write_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+
+def proc_rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) in MiB."""
+    cur = peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            cur = int(line.split()[1]) / 1024
+        elif line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return cur, peak

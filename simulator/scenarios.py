@@ -1,0 +1,117 @@
+"""Scenario parameters for the plant model and the fault injector.
+
+Pure data: every knob of a scenario is a field of ``ScenarioParams`` so tests and the
+demo can derive variants with ``dataclasses.replace`` (e.g. shorter outage timings,
+counters just below rollover). Times marked ``*_after_s`` are seconds after the
+plant's ``t0``.
+
+Scenarios:
+
+``steady``       mild weather (about 0 C), demand around 1.2 m3/h, small hot-water draws.
+``winter-peak``  about -24 C; demand 1.5-2.5 x a 2.5 m3/h contract (3.75-6.25 m3/h).
+``faults``       ``steady`` physics plus request faults (timeouts, bad RTU CRCs, Modbus
+                 exception responses, absurd values) at a few percent each and one
+                 energy-counter reset.
+``outage``       ``steady`` physics; the supply temperature collapses after
+                 ``outage_after_s`` for ``outage_duration_s``, then recovers.
+``low-dp``       ``steady`` physics with the network pressure difference well below the
+                 60 kPa of the general terms (about 35-50 kPa).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioParams:
+    name: str
+    # --- weather: outdoor temperature = mean + amp * cos(2 pi (hour - peak_hour) / 24)
+    #     + smooth seeded noise (value noise, knots every noise_knot_s)
+    outdoor_mean_c: float = 0.0
+    outdoor_amp_c: float = 2.0
+    outdoor_peak_hour: float = 15.0
+    outdoor_noise_c: float = 0.5
+    noise_knot_s: float = 600.0
+    # --- building: space heat = ua_kw_k * max(0, indoor_c - outdoor); plus hot-water draws
+    indoor_c: float = 20.0
+    ua_kw_k: float = 2.75
+    return_nominal_c: float = 40.0  # return temperature when the flow meets demand
+    secondary_min_c: float = 20.0  # return can never fall below this (secondary side)
+    throttle_exponent: float = 0.4  # delivered/demand power = (flow/demand flow) ** this
+    demand_flow_max_m3h: float = 8.0  # the building's own valves fully open
+    # --- domestic hot water: per 300 s slot, 0..dhw_max_per_slot draws
+    dhw_prob: float = 0.35  # probability that a slot has a draw
+    dhw_power_kw: tuple[float, float] = (4.0, 12.0)
+    dhw_duration_s: tuple[float, float] = (20.0, 240.0)
+    # --- network: supply curve 115 C at -32 C outdoor .. 70 C at +10 C, clamped
+    supply_cold_c: float = 115.0
+    supply_warm_c: float = 70.0
+    supply_noise_c: float = 0.4
+    # network load L = clamp((18 - outdoor) / 50, 0, 1); dp = dp_nominal - dp_load_drop * L
+    dp_nominal_kpa: float = 110.0
+    dp_load_drop_kpa: float = 40.0
+    dp_noise_kpa: float = 2.0
+    dp_site_loss_kpa_per_m3h2: float = 0.3  # the service pipe's own loss, ~ Q^2
+    # --- valve: linear characteristic, capacity = kvs * sqrt(dp / 100 kPa) at 100 % open
+    kvs_m3h: float = 10.0
+    watchdog_s: float = 60.0
+    # --- outage (supply temperature collapse)
+    outage_after_s: float | None = None
+    outage_duration_s: float = 30.0
+    outage_supply_c: float = 38.0
+    outage_ramp_s: float = 5.0
+    # --- meter counters (start values, rollover as the sim-heat-meter profile)
+    energy0_kwh: float | None = None  # None: seeded start value
+    volume0_m3: float | None = None
+    energy_rollover_kwh: float = 10_000_000.0
+    volume_rollover_m3: float = 100_000.0
+    counter_reset_after_s: float | None = None  # one energy-counter reset
+    # --- request-level faults (fraction of read requests, each kind)
+    p_timeout: float = 0.0
+    p_bad_crc: float = 0.0  # RTU only; on TCP that share of requests is answered normally
+    p_exception: float = 0.0
+    p_absurd: float = 0.0
+
+
+_STEADY = ScenarioParams(name="steady")
+
+SCENARIOS: dict[str, ScenarioParams] = {
+    "steady": _STEADY,
+    "winter-peak": replace(
+        _STEADY,
+        name="winter-peak",
+        outdoor_mean_c=-24.0,
+        outdoor_amp_c=3.0,
+        outdoor_noise_c=1.5,
+        ua_kw_k=7.4,
+        return_nominal_c=45.0,
+        dhw_prob=0.5,
+        dhw_power_kw=(10.0, 35.0),
+    ),
+    "faults": replace(
+        _STEADY,
+        name="faults",
+        counter_reset_after_s=45.0,
+        p_timeout=0.03,
+        p_bad_crc=0.03,
+        p_exception=0.03,
+        p_absurd=0.03,
+    ),
+    "outage": replace(_STEADY, name="outage", outage_after_s=20.0, outage_duration_s=30.0),
+    "low-dp": replace(_STEADY, name="low-dp", dp_nominal_kpa=60.0, dp_load_drop_kpa=40.0),
+}
+
+
+def scenario_names() -> list[str]:
+    return list(SCENARIOS)
+
+
+def get_scenario(name: str, **overrides: Any) -> ScenarioParams:
+    """The parameters of scenario ``name``, with fields replaced by ``overrides``."""
+    try:
+        base = SCENARIOS[name]
+    except KeyError:
+        raise ValueError(f"unknown scenario {name!r}; one of: {', '.join(SCENARIOS)}") from None
+    return replace(base, **overrides) if overrides else base
