@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--site", required=True)
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--config-file", type=Path, help="TOML or JSON partial config")
-    g.add_argument("--command", help="command body as JSON, e.g. '{\"cmd\": \"poll_now\"}'")
+    g.add_argument("--command", help='command body as JSON, e.g. \'{"cmd": "poll_now"}\'')
     s.add_argument("--version", type=int, help="config version (with --config-file)")
     s.add_argument("--seq", type=int, default=None, help="envelope seq (default: time-based)")
 

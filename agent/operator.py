@@ -15,14 +15,21 @@ from agent.jws import Signer, envelope
 from agent.keys import load_private
 
 
-def config_message(signer: Signer, site: str, version: int, partial: dict[str, Any], ts: float,
-                   seq: int | None = None) -> str:
+def config_message(
+    signer: Signer,
+    site: str,
+    version: int,
+    partial: dict[str, Any],
+    ts: float,
+    seq: int | None = None,
+) -> str:
     body = {"version": version, "config": partial}
     return signer.sign(envelope(site, "config", seq or int(ts * 1000), None, ts, body))
 
 
-def cmd_message(signer: Signer, site: str, body: dict[str, Any], ts: float,
-                seq: int | None = None) -> str:
+def cmd_message(
+    signer: Signer, site: str, body: dict[str, Any], ts: float, seq: int | None = None
+) -> str:
     body = dict(body)
     body.setdefault("id", uuid.uuid4().hex)
     return signer.sign(envelope(site, "cmd", seq or int(ts * 1000), None, ts, body))
@@ -30,10 +37,7 @@ def cmd_message(signer: Signer, site: str, body: dict[str, Any], ts: float,
 
 def _read_partial(path: Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        doc = json.loads(text)
-    else:
-        doc = tomllib.loads(text)
+    doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     if not isinstance(doc, dict):
         raise ValueError("the config file must hold a table/object")
     return doc

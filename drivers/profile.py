@@ -36,6 +36,7 @@ Profile file format::
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import tomllib
@@ -136,11 +137,30 @@ def _pair(v: Any, where: str) -> tuple[float, float] | None:
 
 
 _REG_KEYS = {
-    "name", "address", "function", "type", "word_order", "scale", "offset", "unit",
-    "meaning", "range", "raw_range", "counter", "rollover", "writable", "confirmed",
+    "name",
+    "address",
+    "function",
+    "type",
+    "word_order",
+    "scale",
+    "offset",
+    "unit",
+    "meaning",
+    "range",
+    "raw_range",
+    "counter",
+    "rollover",
+    "writable",
+    "confirmed",
 }
 _PROFILE_KEYS = {
-    "name", "role", "description", "source", "confirmed", "word_order", "max_gap",
+    "name",
+    "role",
+    "description",
+    "source",
+    "confirmed",
+    "word_order",
+    "max_gap",
 }
 
 
@@ -226,7 +246,7 @@ def parse_profile(text: str, origin: str = "<profile>") -> Profile:
     # overlapping registers within one function are a map error
     for fn in ("holding", "input"):
         spans = sorted((r.address, r.end, r.name) for r in regs if r.function == fn)
-        for (_, e1, n1), (s2, _, n2) in zip(spans, spans[1:], strict=False):
+        for (_, e1, n1), (s2, _, n2) in itertools.pairwise(spans):
             if s2 < e1:
                 raise ProfileError(f"{origin}: registers: {n1!r} overlaps {n2!r}")
     max_gap = head.get("max_gap", 0)
