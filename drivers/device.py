@@ -1,0 +1,344 @@
+"""Profile-driven Modbus device: one poll -> one typed ``Reading``.
+
+``Device.read`` reads the profile's registers in the blocks ``plan_reads`` coalesces
+(at most 125 registers a request), decodes them with ``decode_block`` (which flags
+values outside the profile's physical range as IMPLAUSIBLE and sensor-fault raw values
+as FAULT, so they never pass as good), and stamps the reading with the injected clock.
+It never raises for bus errors: a poll whose block still fails after the retries is
+``Reading(ok=False, values={}, error=...)``. One exception: a block made only of
+registers marked ``confirmed = false`` that the device rejects as illegal (exception
+1/2/3) is left out of the reading (logged), so an unverified map guess cannot stop the
+confirmed values from being read.
+
+Retries: each failed request (timeout, CRC error, bad frame, connection error, or an
+exception response other than 1/2/3, which a retry cannot fix) is repeated up to
+``spec.retries`` times with exponential backoff (``BACKOFF_S`` doubling, capped at
+``BACKOFF_MAX_S``); the bus lock is released between attempts, so other devices on the
+line are served meanwhile. Every attempt is a request and counted.
+
+Health rule (pure, ``next_health``):
+
+* OK after a successful poll;
+* DEGRADED after 1 or more consecutive failed polls;
+* OFFLINE after ``OFFLINE_AFTER`` (3) consecutive failed polls, or when the last
+  success (or, before any success, the device's creation) is more than
+  ``OFFLINE_AFTER_S`` (60 s, monotonic) ago at a failed poll;
+* back to OK on the next successful poll.
+A new device is OFFLINE until its first successful poll. Writes do not change health.
+
+Counters (``Device.counters``): ``polls``, ``polls_failed``, ``requests`` (Modbus
+requests sent, retries included), ``ok`` (requests answered correctly), ``timeouts``,
+``crc_errors``, ``bad_frames``, ``exceptions``, ``connect_errors``, ``retries``,
+``implausible`` (decoded values not of GOOD quality), ``writes``, ``write_errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from drivers.modbus import (
+    Bus,
+    DriverError,
+    ExceptionResponse,
+    RtuBus,
+    TcpBus,
+    TransportError,
+)
+from drivers.profile import Profile, ReadBlock, decode_block, encode, plan_reads
+from drivers.types import Clock, Health, Quality, Reading, Value
+
+__all__ = [
+    "Device",
+    "DevicePool",
+    "DeviceSpec",
+    "DriverError",
+    "HealthState",
+    "next_health",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OFFLINE_AFTER = 3
+OFFLINE_AFTER_S = 60.0
+BACKOFF_S = 0.05
+BACKOFF_MAX_S = 1.0
+
+COUNTER_NAMES = (
+    "polls",
+    "polls_failed",
+    "requests",
+    "ok",
+    "timeouts",
+    "crc_errors",
+    "bad_frames",
+    "exceptions",
+    "connect_errors",
+    "retries",
+    "implausible",
+    "writes",
+    "write_errors",
+)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    role: str
+    profile: Profile
+    transport: Literal["tcp", "rtu"]
+    host: str = "127.0.0.1"
+    port: int | str = 502  # tcp port, or serial device path for rtu
+    unit: int = 1
+    timeout_s: float = 1.0
+    retries: int = 2
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    rs485: bool = False
+
+
+# --- health (pure) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HealthState:
+    health: Health
+    failures: int  # consecutive failed polls
+    last_ok: float  # monotonic time of the last success (or of creation, before any)
+
+
+def next_health(
+    s: HealthState,
+    success: bool,
+    now: float,
+    offline_after: int = OFFLINE_AFTER,
+    offline_after_s: float = OFFLINE_AFTER_S,
+) -> HealthState:
+    """The health after one poll (see the module doc for the rule)."""
+    if success:
+        return HealthState(Health.OK, 0, now)
+    failures = s.failures + 1
+    offline = failures >= offline_after or now - s.last_ok > offline_after_s
+    return HealthState(Health.OFFLINE if offline else Health.DEGRADED, failures, s.last_ok)
+
+
+def backoff_s(attempt: int) -> float:
+    """Pause before retry ``attempt`` (1, 2, ...)."""
+    return float(min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (attempt - 1)))
+
+
+# --- buses ---------------------------------------------------------------------------------
+
+
+def make_bus(spec: DeviceSpec) -> Bus:
+    if spec.transport == "tcp":
+        if not isinstance(spec.port, int):
+            raise ValueError(f"{spec.name}: tcp port must be an integer")
+        return TcpBus(spec.host, spec.port)
+    if spec.transport == "rtu":
+        return RtuBus(
+            str(spec.port),
+            baudrate=spec.baudrate,
+            parity=spec.parity,
+            stopbits=spec.stopbits,
+            rs485=spec.rs485,
+        )
+    raise ValueError(f"{spec.name}: unknown transport {spec.transport!r}")
+
+
+def bus_key(spec: DeviceSpec) -> tuple[str, ...]:
+    if spec.transport == "tcp":
+        return ("tcp", spec.host, str(spec.port))
+    return ("rtu", str(spec.port))
+
+
+# --- device --------------------------------------------------------------------------------
+
+
+class Device:
+    """One Modbus device described by a profile; see the module doc."""
+
+    def __init__(
+        self,
+        spec: DeviceSpec,
+        clock: Clock,
+        bus: Bus | None = None,
+        *,
+        offline_after: int = OFFLINE_AFTER,
+        offline_after_s: float = OFFLINE_AFTER_S,
+    ) -> None:
+        self.spec = spec
+        self.clock = clock
+        self._own_bus = bus is None
+        self.bus: Bus = bus if bus is not None else make_bus(spec)
+        self.blocks: list[ReadBlock] = plan_reads(spec.profile.registers, spec.profile.max_gap)
+        self.offline_after = offline_after
+        self.offline_after_s = offline_after_s
+        self._health = HealthState(Health.OFFLINE, 0, clock.mono())
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self.last_error: str | None = None
+
+    @property
+    def health(self) -> Health:
+        return self._health.health
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def _attempts(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run one bus operation with the spec's retries; raises the last TransportError."""
+        c = self.counters
+        attempt = 0
+        while True:
+            c["requests"] += 1
+            try:
+                result = await op()
+            except TransportError as e:
+                c[e.kind] += 1
+                self.last_error = f"{what}: {e}"
+                if e.kind in ("crc_errors", "bad_frames"):
+                    log.warning("%s: %s: bad frame skipped: %s", self.spec.name, what, e)
+                else:
+                    log.debug("%s: %s: %s", self.spec.name, what, e)
+                if not e.retryable or attempt >= self.spec.retries:
+                    raise
+                attempt += 1
+                c["retries"] += 1
+                await asyncio.sleep(backoff_s(attempt))
+                continue
+            c["ok"] += 1
+            return result
+
+    async def read(self) -> Reading:
+        """Poll every register of the profile once; never raises for bus errors."""
+        spec = self.spec
+        c = self.counters
+        c["polls"] += 1
+        values: dict[str, Value] = {}
+        error: str | None = None
+        bus = self.bus
+        for block in self.blocks:
+            try:
+                words = await self._attempts(
+                    lambda b=block: bus.read(  # type: ignore[misc]
+                        spec.unit, b.function, b.address, b.count, spec.timeout_s
+                    ),
+                    f"read {block.function} {block.address}+{block.count}",
+                )
+            except ExceptionResponse as e:
+                if not e.retryable and not any(r.confirmed for r in block.registers):
+                    # a map guess the device rejects: leave those values out, keep the rest
+                    log.warning(
+                        "%s: unconfirmed registers at %d skipped: %s", spec.name, block.address, e
+                    )
+                    continue
+                error = f"{type(e).__name__}: {e}"
+                break
+            except TransportError as e:
+                error = f"{type(e).__name__}: {e}"
+                break
+            values.update(decode_block(block, words))
+        clock = self.clock
+        mono = clock.mono()
+        ok = error is None
+        self._health = next_health(self._health, ok, mono, self.offline_after, self.offline_after_s)
+        if not ok:
+            c["polls_failed"] += 1
+            return Reading(
+                device=spec.name,
+                role=spec.role,
+                ts=clock.wall(),
+                mono=mono,
+                synced=clock.synced(),
+                ok=False,
+                error=error,
+            )
+        bad = sum(1 for v in values.values() if v.quality is not Quality.GOOD)
+        if bad:
+            c["implausible"] += bad
+            log.info(
+                "%s: flagged %s",
+                spec.name,
+                ", ".join(f"{k}={v.value:g} {v.quality}" for k, v in values.items() if not v.good),
+            )
+        return Reading(
+            device=spec.name,
+            role=spec.role,
+            ts=clock.wall(),
+            mono=mono,
+            synced=clock.synced(),
+            ok=True,
+            values=values,
+        )
+
+    async def write(self, name: str, value: float) -> None:
+        """Write one writable holding register (FC6 one word, FC16 two); raises
+        DriverError when the register is not writable, the value is outside its range,
+        or the write failed after the retries."""
+        spec = self.spec
+        try:
+            reg = spec.profile.register(name)
+        except KeyError as e:
+            raise DriverError(f"{spec.name}: no register {name!r}") from e
+        if not reg.writable or reg.function != "holding":
+            raise DriverError(f"{spec.name}: register {name!r} is not writable")
+        if reg.range is not None and not reg.range[0] <= value <= reg.range[1]:
+            raise DriverError(f"{spec.name}: {name}={value} outside {reg.range}")
+        words = encode(reg, value)
+        self.counters["writes"] += 1
+        bus = self.bus
+        try:
+            await self._attempts(
+                lambda: bus.write(spec.unit, reg.address, words, spec.timeout_s),
+                f"write {name}",
+            )
+        except TransportError as e:
+            self.counters["write_errors"] += 1
+            raise DriverError(f"{spec.name}: write {name}={value} failed: {e}") from e
+
+    async def close(self) -> None:
+        if self._own_bus:
+            await self.bus.close()
+
+
+class DevicePool:
+    """Creates devices, sharing one bus (and its lock) per serial port and per TCP
+    host:port. Devices on one serial port must agree on its line settings."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.buses: dict[tuple[str, ...], Bus] = {}
+        self.devices: dict[str, Device] = {}
+
+    def add(self, spec: DeviceSpec) -> Device:
+        if spec.name in self.devices:
+            raise ValueError(f"device {spec.name!r} added twice")
+        key = bus_key(spec)
+        bus = self.buses.get(key)
+        if bus is None:
+            bus = self.buses[key] = make_bus(spec)
+        elif isinstance(bus, RtuBus):
+            want = (spec.baudrate, spec.parity, spec.stopbits, spec.rs485)
+            if bus.settings() != want:
+                raise ValueError(
+                    f"device {spec.name!r}: line settings {want} differ from "
+                    f"{bus.settings()} of another device on {bus.path}"
+                )
+        dev = Device(spec, self.clock, bus)
+        self.devices[spec.name] = dev
+        return dev
+
+    async def close(self) -> None:
+        for bus in self.buses.values():
+            try:
+                await bus.close()
+            except Exception as e:  # closing must not stop closing the others
+                log.warning("closing %s: %s", bus.key, e)
+        self.buses.clear()
