@@ -34,6 +34,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Literal
 
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
 log = logging.getLogger(__name__)
 
 Function = Literal["holding", "input"]
@@ -397,13 +400,12 @@ class TcpBus(Bus):
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__()
-        from pymodbus.client import AsyncModbusTcpClient
-
         self.host = host
         self.port = port
         self.client = AsyncModbusTcpClient(
             host, port=port, timeout=1.0, retries=0, reconnect_delay=0
         )
+        self._params = self.client.ctx.comm_params
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -412,17 +414,15 @@ class TcpBus(Bus):
     async def _ensure_connected(self, timeout: float) -> None:
         if self.client.connected:
             return
-        self.client.ctx.comm_params.timeout_connect = timeout
+        self._params.timeout_connect = timeout
         ok = await self.client.connect()
         if not ok:
             raise ConnectError(f"cannot connect to {self.host}:{self.port}")
 
     async def _execute(self, call: Callable[[], Any], timeout: float) -> Any:
-        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
         async with self.lock:
             await self._ensure_connected(timeout)
-            self.client.ctx.comm_params.timeout_connect = timeout
+            self._params.timeout_connect = timeout  # the response timeout of this request
             try:
                 rr = await call()
             except ConnectionException as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from drivers.device import (
     OFFLINE_AFTER,
     OFFLINE_AFTER_S,
+    BlockDecoder,
     HealthState,
     backoff_s,
     next_health,
@@ -27,8 +29,14 @@ from drivers.modbus import (
     words_of,
     write_pdu,
 )
-from drivers.profile import load_profile, plan_reads
-from drivers.types import Health
+from drivers.profile import (
+    available_profiles,
+    decode_block,
+    load_profile,
+    parse_profile,
+    plan_reads,
+)
+from drivers.types import Health, Value
 from simulator.rtu import crc16 as sim_crc16
 
 
@@ -157,3 +165,55 @@ def test_kamstrup_profile_parses_and_marks_unconfirmed() -> None:
     # the confirmed values in one read, the unconfirmed guesses in another
     assert [(b.address, b.count) for b in blocks] == [(0, 10), (0x40, 6)]
     assert all(r.confirmed for r in blocks[0].registers)
+
+
+# --- the precompiled block decoder equals the reference codec --------------------------------
+
+_LITTLE = """
+[profile]
+name = "le"
+role = "heat_meter"
+word_order = "little"
+max_gap = 3
+[[registers]]
+name = "energy_kwh"
+address = 0
+type = "u32"
+range = [0, 1000]
+[[registers]]
+name = "flow_m3h"
+address = 4
+type = "f32"
+word_order = "big"
+range = [0, 10]
+"""
+
+
+def _same(a: dict[str, Value], b: dict[str, Value]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if x.unit != y.unit or x.quality is not y.quality:
+            return False
+        if not (x.value == y.value or (math.isnan(x.value) and math.isnan(y.value))):
+            return False
+    return True
+
+
+_PROFILES = [load_profile(n) for n in available_profiles()] + [parse_profile(_LITTLE)]
+_BLOCKS = [b for p in _PROFILES for b in plan_reads(p.registers, p.max_gap)]
+
+
+@given(st.data())
+def test_block_decoder_equals_decode_block(data: st.DataObject) -> None:
+    block = data.draw(st.sampled_from(_BLOCKS))
+    words = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=block.count, max_size=block.count))
+    assert _same(BlockDecoder(block)(words), decode_block(block, words))
+
+
+def test_block_decoder_covers_fast_and_fallback_paths() -> None:
+    fast = [BlockDecoder(b).fast for b in _BLOCKS]
+    assert any(fast) and not all(fast)
+    with pytest.raises(ValueError, match="short read"):
+        BlockDecoder(_BLOCKS[0])([0])
