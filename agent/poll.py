@@ -6,8 +6,8 @@ import asyncio
 import json
 from typing import Any, TextIO
 
-from agent.clock import SyncClock
 from agent.config import Config, DeviceCfg
+from drivers.clock_sys import SystemClock
 from drivers.device import Device, DevicePool, DeviceSpec
 from drivers.profile import load_profile
 from drivers.types import Clock, Reading
@@ -61,7 +61,7 @@ async def _poll(cfg: Config, clock: Clock) -> list[dict[str, Any]]:
 
 def poll_once(cfg: Config, out: TextIO) -> int:
     """Exit 0 when every device answered, 1 otherwise (all are printed either way)."""
-    results = asyncio.run(_poll(cfg, SyncClock()))
+    results = asyncio.run(_poll(cfg, SystemClock()))
     for obj in results:
         out.write(json.dumps(obj, sort_keys=True) + "\n")
     out.flush()

@@ -1,0 +1,75 @@
+"""`dh-agent poll --once` against the real simulator over Modbus TCP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def config_text(port: int) -> str:
+    devs = ""
+    for name, role, prof, unit in (
+        ("hm1", "heat_meter", "sim-heat-meter", 1),
+        ("dp1", "dp_sensor", "sim-dp-sensor", 2),
+        ("act1", "actuator", "sim-actuator", 3),
+    ):
+        devs += (
+            f'\n[[devices]]\nname = "{name}"\nrole = "{role}"\nprofile = "{prof}"\n'
+            f'transport = "tcp"\nhost = "127.0.0.1"\nport = {port}\nunit = {unit}\n'
+        )
+    return (
+        '[site]\nid = "first-look"\n\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n\n'
+        '[keys]\nagent_key = "agent.key"\n\n[storage]\npath = "agent.db"\n\n'
+        "[contract]\nenforce = false\n" + devs
+    )
+
+
+def test_poll_once_prints_one_object_per_device(tmp_path: Path) -> None:
+    sim = subprocess.Popen(
+        [str(BIN / "dh-sim"), "--tcp", "127.0.0.1:0", "--scenario", "steady"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert sim.stdout is not None
+        port = int(json.loads(sim.stdout.readline())["tcp"].rsplit(":", 1)[1])
+        cfg = tmp_path / "agent.toml"
+        cfg.write_text(config_text(port))
+        out = subprocess.run(
+            [str(BIN / "dh-agent"), "poll", "--config", str(cfg), "--once"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        objs = [json.loads(line) for line in out.stdout.splitlines()]
+        assert [o["name"] for o in objs] == ["hm1", "dp1", "act1"]
+        hm = objs[0]
+        assert hm["role"] == "heat_meter" and hm["health"] == "ok"
+        assert hm["values"]["energy_kwh"]["unit"] == "kWh"
+        assert hm["values"]["supply_c"]["quality"] == "good"
+        assert 40 < hm["values"]["supply_c"]["value"] < 130
+        assert 0 < objs[1]["values"]["dp_kpa"]["value"] < 400
+        assert objs[2]["values"]["limit_pct"]["value"] == 100.0
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+
+def show(lines: list[str]) -> str:
+    """Poll output as one human line per device (tests/first_look.sh)."""
+    skip = ("device_type", "serial", "operating_hours", "energy_unit", "volume_unit")
+    out = []
+    for line in lines:
+        d = json.loads(line)
+        vals = "  ".join(
+            f"{k}={v['value']:.3f} {v['unit']}" for k, v in d["values"].items() if k not in skip
+        )
+        out.append(f"{d['name']:5} {d['health']:8} {vals}")
+    return "\n".join(out)
