@@ -29,6 +29,7 @@ from agent.config import load
 from agent.jws import JWSError, chain_hash, thumbprint, verify
 from agent.keys import keygen, load_public
 from agent.runner import Agent
+from simulator.layout import devices_toml
 from simulator.server import SimServer
 
 SITE = "demo-site"
@@ -96,16 +97,6 @@ class Broker:
 
 def write_config(work: Path, sim_addr: tuple[str, int], mqtt_port: int, period_s: int) -> Path:
     host, port = sim_addr
-    devs = ""
-    for name, role, prof, unit in (
-        ("hm1", "heat_meter", "sim-heat-meter", 1),
-        ("dp1", "dp_sensor", "sim-dp-sensor", 2),
-        ("valve", "actuator", "sim-actuator", 3),
-    ):
-        devs += (
-            f'\n[[devices]]\nname = "{name}"\nrole = "{role}"\nprofile = "{prof}"\n'
-            f'transport = "tcp"\nhost = "{host}"\nport = {port}\nunit = {unit}\npoll_s = 1.0\n'
-        )
     cfg = work / "agent.toml"
     cfg.write_text(
         f'[site]\nid = "{SITE}"\nperiod_s = {period_s}\n\n'
@@ -114,7 +105,7 @@ def write_config(work: Path, sim_addr: tuple[str, int], mqtt_port: int, period_s
         '[keys]\nagent_key = "agent.key"\noperator_pubkeys = ["operator.pub"]\n\n'
         '[storage]\npath = "agent.db"\nflush_s = 5\n\n'
         "[contract]\nflow_limit_m3h = 2.5\nenforce = true\n\n"
-        "[delivery]\ndebounce_s = 3\n" + devs
+        "[delivery]\ndebounce_s = 3\n" + devices_toml(host, port, ("hm1", "dp1", "valve"))
     )
     return cfg
 
@@ -213,8 +204,11 @@ def render(agent: Agent, head: HeadEnd, broker: str, t0: float) -> Any:
             if k in ("device_type", "serial", "operating_hours", "energy_unit", "volume_unit"):
                 continue
             live.add_row(
-                name if first else "", str(ch.device.health) if first else "",
-                f"{k} {_fmt(v.value)}", v.unit, str(v.quality),
+                name if first else "",
+                str(ch.device.health) if first else "",
+                f"{k} {_fmt(v.value)}",
+                v.unit,
+                str(v.quality),
             )
             first = False
     rec = Table(title="last interval records (verified from the broker)", expand=True)
@@ -222,8 +216,12 @@ def render(agent: Agent, head: HeadEnd, broker: str, t0: float) -> Any:
         rec.add_column(col)
     for b in list(head.records)[-6:]:
         rec.add_row(
-            str(b.get("device")), str(b.get("start", ""))[11:19], _fmt(b.get("energy_kwh")),
-            _fmt(b.get("volume_m3")), _fmt(b.get("flow_avg_m3h")), _fmt(b.get("dp_avg_kpa")),
+            str(b.get("device")),
+            str(b.get("start", ""))[11:19],
+            _fmt(b.get("energy_kwh")),
+            _fmt(b.get("volume_m3")),
+            _fmt(b.get("flow_avg_m3h")),
+            _fmt(b.get("dp_avg_kpa")),
             ",".join(b.get("flags", [])),
         )
     ev = Table(title="events", expand=True)

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from simulator.layout import devices_toml
+
 BIN = Path(sys.executable).parent
 
 
@@ -68,10 +70,20 @@ class Broker:
 class Rig:
     """dh-sim + broker + a config for 3 devices; the agent is started by the bench."""
 
-    def __init__(self, period_s: int = 3600, scenario: str = "steady", poll_s: float = 1.0,
-                 flush_s: float | None = None) -> None:
+    def __init__(
+        self,
+        period_s: int = 3600,
+        scenario: str = "steady",
+        poll_s: float = 1.0,
+        flush_s: float | None = None,
+    ) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="dh-bench-"))
-        self.period_s, self.scenario, self.poll_s, self.flush_s = period_s, scenario, poll_s, flush_s
+        self.period_s, self.scenario, self.poll_s, self.flush_s = (
+            period_s,
+            scenario,
+            poll_s,
+            flush_s,
+        )
         self.broker = Broker(self.work)
         self.sim: subprocess.Popen[str] | None = None
         self.agent: subprocess.Popen[bytes] | None = None
@@ -80,26 +92,26 @@ class Rig:
     def __enter__(self) -> Rig:
         self.broker.start()
         self.sim = subprocess.Popen(
-            [str(BIN / "dh-sim"), "--tcp", "127.0.0.1:0", "--scenario", self.scenario, "--seed", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            [
+                str(BIN / "dh-sim"),
+                "--tcp",
+                "127.0.0.1:0",
+                "--scenario",
+                self.scenario,
+                "--seed",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         assert self.sim.stdout is not None
         host, port = json.loads(self.sim.stdout.readline())["tcp"].rsplit(":", 1)
         for name in ("agent", "operator"):
             subprocess.run(
                 [str(BIN / "dh-agent"), "keygen", "--out", str(self.work), "--name", name],
-                check=True, capture_output=True,
-            )
-        devs = ""
-        for name, role, prof, unit in (
-            ("hm1", "heat_meter", "sim-heat-meter", 1),
-            ("dp1", "dp_sensor", "sim-dp-sensor", 2),
-            ("valve", "actuator", "sim-actuator", 3),
-        ):
-            devs += (
-                f'\n[[devices]]\nname = "{name}"\nrole = "{role}"\nprofile = "{prof}"\n'
-                f'transport = "tcp"\nhost = "{host}"\nport = {port}\nunit = {unit}\n'
-                f"poll_s = {self.poll_s}\n"
+                check=True,
+                capture_output=True,
             )
         flush = f"flush_s = {self.flush_s}\n" if self.flush_s else ""
         self.config.write_text(
@@ -107,14 +119,16 @@ class Rig:
             f'[mqtt]\nurl = "mqtt://127.0.0.1:{self.broker.port}"\n\n'
             '[keys]\nagent_key = "agent.key"\noperator_pubkeys = ["operator.pub"]\n\n'
             f'[storage]\npath = "agent.db"\n{flush}\n'
-            "[contract]\nflow_limit_m3h = 2.5\nenforce = true\n" + devs
+            "[contract]\nflow_limit_m3h = 2.5\nenforce = true\n"
+            + devices_toml(host, int(port), ("hm1", "dp1", "valve"), self.poll_s)
         )
         return self
 
     def start_agent(self, log_name: str = "agent.log") -> subprocess.Popen[bytes]:
         self.agent = subprocess.Popen(
             [str(BIN / "dh-agent"), "run", "--config", str(self.config)],
-            stdout=(self.work / log_name).open("ab"), stderr=subprocess.STDOUT,
+            stdout=(self.work / log_name).open("ab"),
+            stderr=subprocess.STDOUT,
         )
         return self.agent
 
@@ -128,8 +142,9 @@ class Rig:
             self.agent.kill()
             return None
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop_agent()
         if self.sim is not None:
             self.sim.terminate()

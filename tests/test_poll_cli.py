@@ -7,24 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from simulator.layout import devices_toml
+
 BIN = Path(sys.executable).parent
 
 
 def config_text(port: int) -> str:
-    devs = ""
-    for name, role, prof, unit in (
-        ("hm1", "heat_meter", "sim-heat-meter", 1),
-        ("dp1", "dp_sensor", "sim-dp-sensor", 2),
-        ("act1", "actuator", "sim-actuator", 3),
-    ):
-        devs += (
-            f'\n[[devices]]\nname = "{name}"\nrole = "{role}"\nprofile = "{prof}"\n'
-            f'transport = "tcp"\nhost = "127.0.0.1"\nport = {port}\nunit = {unit}\n'
-        )
     return (
         '[site]\nid = "first-look"\n\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n\n'
         '[keys]\nagent_key = "agent.key"\n\n[storage]\npath = "agent.db"\n\n'
-        "[contract]\nenforce = false\n" + devs
+        "[contract]\nenforce = false\n" + devices_toml("127.0.0.1", port)
     )
 
 
