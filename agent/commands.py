@@ -77,20 +77,29 @@ class RemoteHandler:
             payload, keys=self.keys, site=a.cfg.site.id, active_version=self.version, active=a.cfg
         )
         if d.accepted and d.config is not None and d.version is not None:
+            new_cfg, new_version = d.config, d.version
             try:
                 await asyncio.get_running_loop().run_in_executor(
-                    None, persist_overlay, d.config, d.version
+                    None, persist_overlay, new_cfg, new_version
                 )
             except OSError as e:
                 d = type(d)(
-                    {"version": d.version, "result": "rejected", "reason": f"invalid: (store): {e}"},
+                    {
+                        "version": d.version,
+                        "result": "rejected",
+                        "reason": f"invalid: (store): {e}",
+                    },
                     False,
                 )
             else:
-                self.version = d.version
-                a.apply_config(d.config)
+                self.version = new_version
+                a.apply_config(new_cfg)
                 await a.emit_event(
-                    {"kind": "config_applied", "version": d.version, "config": remote_view(d.config)}
+                    {
+                        "kind": "config_applied",
+                        "version": new_version,
+                        "config": remote_view(new_cfg),
+                    }
                 )
                 await self.publish_current()
         if not d.accepted:
@@ -101,7 +110,9 @@ class RemoteHandler:
     async def on_cmd(self, payload: bytes) -> None:
         a = self.agent
         now = a.clock.wall()
-        d = decide_cmd(payload, keys=self.keys, site=a.cfg.site.id, now=now, seen_ids=set(self.seen))
+        d = decide_cmd(
+            payload, keys=self.keys, site=a.cfg.site.id, now=now, seen_ids=set(self.seen)
+        )
         ack = dict(d.ack)
         if d.accepted and d.command is not None:
             # remember the id before acting: a replay after a crash is still a replay

@@ -18,7 +18,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -60,7 +60,9 @@ class Channel:
     poll_now: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def record_params(cfg: Config, name: str, role: str, rollover: dict[str, float]) -> agg.RecordParams:
+def record_params(
+    cfg: Config, name: str, role: str, rollover: Mapping[str, float]
+) -> agg.RecordParams:
     heat = role == "heat_meter"
     return agg.RecordParams(
         device=name,
@@ -72,13 +74,19 @@ def record_params(cfg: Config, name: str, role: str, rollover: dict[str, float])
     )
 
 
-def limiter_params(cfg: Config) -> LimiterParams:
+def limiter_params(
+    cfg: Config, meter: str | None = None, rollover: dict[str, float] | None = None
+) -> LimiterParams:
+    ro = rollover or {}
     return LimiterParams(
         flow_limit_m3h=cfg.contract.flow_limit_m3h,
         power_limit_kw=cfg.contract.power_limit_kw,
         period_s=cfg.site.period_s,
         enforce=cfg.contract.enforce,
         refresh_s=max(2.0, cfg.limiter.watchdog_s / 3),
+        volume_rollover_m3=ro.get("volume_m3"),
+        energy_rollover_kwh=ro.get("energy_kwh"),
+        device=meter,
     )
 
 
@@ -123,9 +131,11 @@ class Agent:
         self.stamper = ReadingStamper()
         self.monitors = Monitors(monitor_params(cfg))
         self.lparams = limiter_params(cfg)
-        self.lstate = LimiterState.initial() if hasattr(LimiterState, "initial") else LimiterState()
+        self.lstate = LimiterState.initial()
+        self.meter: Channel | None = None  # the heat meter the limiter follows (the first)
         self.actuator: Device | None = None
         self.limiting = False
+        self.release_pending = False
         self.notifier = Notifier()
         self.errlog = RateLimiter(60.0)
         self.stopping = asyncio.Event()
@@ -152,9 +162,7 @@ class Agent:
         assert self.store is not None
         body = event_body(ev, self.clock.wall())
         log.info("event %s %s", body.get("kind"), body.get("device", ""))
-        await self.call(
-            self.store.add_event, body, f"{self.topic}/event", self.sign_body("event")
-        )
+        await self.call(self.store.add_event, body, f"{self.topic}/event", self.sign_body("event"))
         if self.uplink is not None:
             self.uplink.wake()
 
@@ -188,6 +196,9 @@ class Agent:
             self.channels[d.name] = ch
             if d.role == "actuator" and d.name == cfg.limiter.actuator:
                 self.actuator = dev
+            if d.role == "heat_meter" and self.meter is None:
+                self.meter = ch
+        self.lparams = self.limiter_params(cfg)
         self.uplink = Uplink(
             MqttSettings(
                 url=cfg.mqtt.url,
@@ -227,9 +238,14 @@ class Agent:
     def apply_config(self, cfg: Config) -> None:
         """Put a validated config in effect without a restart (remote config/set):
         limiter, monitors, records and poll rates follow from the next poll on."""
+        was_enforcing = self.lparams.enforce and self.limiting
         self.cfg = cfg
-        self.lparams = limiter_params(cfg)
+        self.lparams = self.limiter_params(cfg)
         self.monitors.params = monitor_params(cfg)
+        if was_enforcing and not self.lparams.enforce:
+            # enforcement switched off while limiting: release now, not at the watchdog
+            self.limiting = False
+            self.release_pending = True
         for d in cfg.devices:
             ch = self.channels.get(d.name)
             if ch is None:
@@ -237,6 +253,12 @@ class Agent:
             ch.poll_s = d.poll_s
             ch.params = record_params(cfg, d.name, d.role, ch.params.rollover)
         log.info("config applied: version %d", self.remote.version)
+
+    def limiter_params(self, cfg: Config) -> LimiterParams:
+        m = self.meter
+        return limiter_params(
+            cfg, m.params.device if m else None, dict(m.params.rollover) if m else None
+        )
 
     def set_signer(self, signer: Signer) -> None:
         self.signer = signer
@@ -268,7 +290,9 @@ class Agent:
             except Exception as e:  # one device's failure never stops the others
                 ok, n = self.errlog.allow(f"poll:{ch.params.device}", mono())
                 if ok:
-                    log.exception("device %s: poll failed (%s; %d suppressed)", ch.params.device, e, n)
+                    log.exception(
+                        "device %s: poll failed (%s; %d suppressed)", ch.params.device, e, n
+                    )
             next_t += ch.poll_s
             delay = next_t - mono()
             if delay < -ch.poll_s:  # fell behind (slow bus): do not burst to catch up
@@ -285,8 +309,13 @@ class Agent:
         values = {k: (v.value if v.good else None) for k, v in r.values.items()}
         for ev in self.monitors.observe(name, role, r.ts, values, r.ok):
             await self.emit_event(ev)
-        if role == "heat_meter" and self.lparams.flow_limit_m3h is not None:
+        if ch is self.meter and (
+            self.lparams.flow_limit_m3h is not None or self.lparams.power_limit_kw is not None
+        ):
             await self.run_limiter(r)
+        if self.release_pending and self.actuator is not None:
+            self.release_pending = False
+            await self.write_limit(self.lparams.default_pct)
         # timestamps: readings before clock sync are held and restamped later
         for rr, ts, flags in self.stamper.push(r):
             if self.limiting and role == "heat_meter":
@@ -355,12 +384,31 @@ class Agent:
         for ev in action.events:
             await self.emit_event(ev)
         if action.write_pct is not None and self.actuator is not None and self.lparams.enforce:
+            await self.write_limit(action.write_pct)
+
+    async def write_limit(self, pct: float) -> None:
+        assert self.actuator is not None
+        try:
+            await self.actuator.write("limit_pct", pct)
+        except Exception as e:
+            ok, n = self.errlog.allow("actuator-write", self.clock.mono())
+            if ok:
+                log.warning("actuator write failed: %s (%d suppressed)", e, n)
+
+    async def arm_actuator(self) -> None:
+        """Set the actuator's own watchdog to ``limiter.watchdog_s``: the limit it holds is
+        released that long after the agent last wrote it (the agent refreshes it well
+        within), so heat delivery never depends on the agent being alive."""
+        if self.actuator is None or not self.lparams.enforce:
+            return
+        for attempt in range(10):
             try:
-                await self.actuator.write("limit_pct", action.write_pct)
+                await self.actuator.write("watchdog_s", float(self.cfg.limiter.watchdog_s))
+                return
             except Exception as e:
-                ok, n = self.errlog.allow("actuator-write", self.clock.mono())
-                if ok:
-                    log.warning("actuator write failed: %s (%d suppressed)", e, n)
+                if attempt == 9:
+                    log.warning("actuator watchdog not set: %s", e)
+                await asyncio.sleep(2.0)
 
     async def flush_samples(self) -> None:
         if not self.sample_buf or self.store is None:
@@ -430,7 +478,10 @@ class Agent:
                     tg.create_task(self.announce_loop(), name="announce"),
                 ]
                 for ch in self.channels.values():
-                    tasks.append(tg.create_task(self.poll_loop(ch), name=f"poll:{ch.params.device}"))
+                    tasks.append(
+                        tg.create_task(self.poll_loop(ch), name=f"poll:{ch.params.device}")
+                    )
+                tg.create_task(self.arm_actuator(), name="arm-actuator")
                 self.notifier.ready()
                 await self.stopping.wait()
                 log.info("stopping")
