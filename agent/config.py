@@ -71,7 +71,8 @@ class StorageCfg:
     path: Path
     max_mb: float = 512.0
     sample_retention_days: float = 14.0
-    flush_s: float = 60.0
+    flush_s: float = 300.0
+    sample_every_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +266,8 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "path": (_path, True),
         "max_mb": (_num(8, 1_000_000), False),
         "sample_retention_days": (_num(1, 3650), False),
-        "flush_s": (_num(1, 600), False),
+        "flush_s": (_num(1, 3600), False),
+        "sample_every_s": (_num(0, 3600), False),
     },
     "contract": {
         "flow_limit_m3h": (_num(0, 1000, lo_open=True), False),

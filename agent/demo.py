@@ -158,10 +158,17 @@ class HeadEnd:
                     f"energy {body.get('energy_kwh')} kWh volume {body.get('volume_m3')} m3 "
                     f"flow_avg {body.get('flow_avg_m3h')} m3/h flags {body.get('flags')}{why}"
                 )
+            elif body.get("role") == "dp_sensor":
+                self.note(
+                    f"verified interval #{seq} {body.get('device')} {body.get('start')} "
+                    f"dp min/avg/max {body.get('dp_min_kpa')}/{body.get('dp_avg_kpa')}/"
+                    f"{body.get('dp_max_kpa')} kPa{why}"
+                )
             else:
                 self.note(
                     f"verified interval #{seq} {body.get('device')} {body.get('start')} "
-                    f"dp_avg {body.get('dp_avg_kpa')} kPa{why}"
+                    f"valve position avg {body.get('position_avg_pct')} %, "
+                    f"limit min {body.get('limit_min_pct')} %{why}"
                 )
         elif s == "event":
             self.events.append(body)

@@ -57,6 +57,7 @@ class Channel:
     pending: list[agg.Sample] = field(default_factory=list)
     last: Reading | None = None
     poll_s: float = 1.0
+    stored_ts: float = -math.inf  # time of the last reading kept for the disk
     poll_now: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -322,6 +323,11 @@ class Agent:
                 flags = flags | {"limited"}
             s = to_sample(rr, ts, flags)
             ch.pending.append(s)
+            # to disk (for a restart mid-period and `status`): one reading per
+            # sample_every_s, and every flagged one; all of them feed the records in memory
+            if ts - ch.stored_ts < self.cfg.storage.sample_every_s and not s.flags - {"limited"}:
+                continue
+            ch.stored_ts = ts
             self.sample_buf.append(
                 SampleRow(
                     device=name,

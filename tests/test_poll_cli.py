@@ -52,16 +52,3 @@ def test_poll_once_prints_one_object_per_device(tmp_path: Path) -> None:
     finally:
         sim.terminate()
         sim.wait(10)
-
-
-def show(lines: list[str]) -> str:
-    """Poll output as one human line per device (tests/first_look.sh)."""
-    skip = ("device_type", "serial", "operating_hours", "energy_unit", "volume_unit")
-    out = []
-    for line in lines:
-        d = json.loads(line)
-        vals = "  ".join(
-            f"{k}={v['value']:.3f} {v['unit']}" for k, v in d["values"].items() if k not in skip
-        )
-        out.append(f"{d['name']:5} {d['health']:8} {vals}")
-    return "\n".join(out)
