@@ -9,11 +9,16 @@ jitter; each connection:
    that very will payload, so status seqs have no holes when the agent stops cleanly.
 2. publishes the retained ``online`` status (seq N), subscribes,
 3. drains the stored backlog (``store.unsent``, oldest id first = seq order per stream) with
-   up to ``window`` QoS 1 publishes in flight. Publishes are issued in id order on one
-   connection (so the broker sees per-stream seq order) and a message is marked sent only
-   when it and every message published before it were acknowledged (PUBACK: aiomqtt's
-   ``publish`` awaits the ``on_publish`` callback that paho calls on PUBACK for QoS 1).
-   Marks are batched into one ``mark_sent`` per completion burst.
+   up to ``window`` QoS 1 publishes unacknowledged (``Window``, pure bookkeeping). Publishes
+   are issued in id order on one connection (so the broker sees per-stream seq order) and
+   a message is marked sent only when it and every message published before it were
+   acknowledged (PUBACK; an MQTT 5 PUBACK with a failure reason code is not an
+   acknowledgement: the session ends, the message stays unsent). Stored publishes go
+   straight to aiomqtt's paho client and their PUBACKs are taken from paho's
+   ``on_publish`` by packet id (half the CPU of ``aiomqtt.Client.publish`` per message);
+   the next batch is read from the store while the current one is published; marks are
+   batched into one ``mark_sent`` per completion burst. A PUBACK missing for
+   ``timeout_s`` ends the session. The socket has TCP_NODELAY (no Nagle delay).
 4. meanwhile delivers subscribed messages to ``on_message`` (exceptions there are logged,
    never fatal) and lets ``publish_live`` send non-stored messages (telemetry, acks,
    config/current), which are never queued: ``False`` when offline.
@@ -28,11 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
+import socket
 import ssl
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -134,8 +139,12 @@ def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None
     return ctx
 
 
-def backoff_delay(attempt: int, rnd: float, base: float = 1.0, cap: float = 60.0) -> float:
-    """Exponential backoff with equal jitter: in [d/2, d], d = min(cap, base * 2**attempt)."""
+def backoff_delay(attempt: int, rnd: float, base: float = 0.5, cap: float = 3.0) -> float:
+    """Exponential backoff with equal jitter: in [d/2, d], d = min(cap, base * 2**attempt).
+
+    The uplink's defaults (0.5 s, capped at 3 s) put the first attempt after a broker's
+    return within 3 s, whatever the outage's length (the backlog target is 5 s); the
+    jitter spreads a fleet's reconnects over 1.5..3 s."""
     d = min(cap, base * (2.0 ** min(attempt, 30)))
     return d * (0.5 + 0.5 * min(max(rnd, 0.0), 1.0))
 
@@ -204,6 +213,69 @@ async def connect(client: aiomqtt.Client) -> None:
     )
 
 
+class Window:
+    """In-flight bookkeeping of stored publishes (pure, no I/O): publish order, paho mid ->
+    stored id, and the acknowledged prefix. ``len`` counts everything published and not yet
+    released (acknowledged ones behind an unacknowledged one included), so at most ``size``
+    messages are ever unacknowledged and unmarked."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.peak = 0
+        self._order: deque[tuple[int, float]] = deque()  # (stored id, publish time)
+        self._mids: dict[int, int] = {}  # mid -> stored id, awaiting PUBACK
+        self._done: set[int] = set()  # stored ids acknowledged, not yet released
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def owns(self, mid: int) -> bool:
+        return mid in self._mids
+
+    def sent(self, sid: int, mid: int, qos: int, now: float) -> list[int]:
+        """Record a publish; returns the ids released by it (QoS 0 needs no PUBACK)."""
+        self._order.append((sid, now))
+        self.peak = max(self.peak, len(self._order))
+        if qos == 0:
+            self._done.add(sid)
+        else:
+            self._mids[mid] = sid
+        return self._release()
+
+    def ack(self, mid: int) -> list[int]:
+        """A PUBACK for ``mid``; returns the stored ids now acknowledged with every message
+        published before them, in publish order."""
+        sid = self._mids.pop(mid, None)
+        if sid is not None:
+            self._done.add(sid)
+        return self._release()
+
+    def oldest_age(self, now: float) -> float | None:
+        """Seconds the oldest unacknowledged publish has waited, None when none waits."""
+        if not self._order:
+            return None
+        sid, t0 = self._order[0]
+        return None if sid in self._done else now - t0
+
+    def _release(self) -> list[int]:
+        out: list[int] = []
+        while self._order and self._order[0][0] in self._done:
+            sid, _ = self._order.popleft()
+            self._done.discard(sid)
+            out.append(sid)
+        return out
+
+
+def no_delay(client: aiomqtt.Client) -> None:
+    """TCP_NODELAY on the connection: a publish leaves at once instead of waiting (Nagle)
+    for the acknowledgement of the previous segment; paho does not set it."""
+    inner = getattr(client, "_client", None)
+    sock = inner.socket() if inner is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _SessionLost(Exception):
     """A stored publish failed: the connection is not usable any more."""
 
@@ -221,8 +293,8 @@ class Uplink:
         subscriptions: Sequence[str] = (),
         window: int = 32,
         clock: Callable[[], float] = time.time,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 60.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 3.0,
         batch: int = 500,
         timeout_s: float = 15.0,
         connect_timeout_s: float = 5.0,
@@ -253,6 +325,7 @@ class Uplink:
         self.last_error: str | None = None
         self.connects = 0
         self.published = 0  # stored messages acknowledged by the broker
+        self.inflight_peak = 0  # most stored publishes unacknowledged at once
         self.protocol = aiomqtt.ProtocolVersion.V5
         # internals
         self._wake = asyncio.Event()
@@ -369,6 +442,7 @@ class Uplink:
         online_seq, will = await self._reserve()
         client = self._make_client(will)
         await connect(client)
+        no_delay(client)
         client.timeout = self.timeout_s
         self._reserved = None
         self._established_once = True
@@ -439,13 +513,21 @@ class Uplink:
                 log.exception("uplink: handler failed for a message on %s", m.topic)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        """Publish the backlog and every new stored message, in id order, ``window`` at a
-        time; mark the acknowledged prefix sent."""
-        sem = asyncio.Semaphore(self.window)
-        inflight: OrderedDict[int, asyncio.Task[None]] = OrderedDict()
+        """Publish the backlog and every new stored message, in id order, at most ``window``
+        unacknowledged at a time; mark the acknowledged prefix sent.
+
+        Stored publishes go to paho directly (no task or future per message: aiomqtt's
+        ``publish`` costs about as much as the MQTT work itself); their PUBACKs are taken
+        from paho's ``on_publish`` by mid, every other mid (status, live publishes) is passed
+        on to aiomqtt's handler."""
+        inner: paho.Client = client._client
+        original: Any = inner.on_publish
+        loop = asyncio.get_running_loop()
+        window = Window(self.window)
+        slot = asyncio.Event()  # a PUBACK came, or a failure
         to_mark: list[int] = []
         marking: asyncio.Task[None] | None = None
-        failed: list[BaseException] = []
+        failed: list[str] = []
 
         async def mark_loop() -> None:
             while to_mark:
@@ -458,103 +540,104 @@ class Uplink:
                     continue
                 self.published += len(ids)
 
-        def settle() -> None:
+        def acked(ids: list[int]) -> None:
             nonlocal marking
-            while inflight:
-                mid, task = next(iter(inflight.items()))
-                if not task.done():
-                    break
-                if task.cancelled() or task.exception() is not None:
-                    if not failed:
-                        exc = None if task.cancelled() else task.exception()
-                        failed.append(exc or aiomqtt.MqttError("no PUBACK (publish cancelled)"))
-                    self._wake.set()
-                    return
-                inflight.popitem(last=False)
-                to_mark.append(mid)
-            if to_mark and (marking is None or marking.done()):
-                marking = asyncio.create_task(mark_loop())
+            if ids:
+                to_mark.extend(ids)
+                if marking is None or marking.done():
+                    marking = loop.create_task(mark_loop())
+            slot.set()
 
-        started: dict[int, float] = {}
-
-        async def publish(m: Outgoing) -> None:
-            # timeout=inf: aiomqtt then awaits the PUBACK event directly instead of through
-            # wait_for's extra task per message; ``watch`` below bounds the wait instead.
-            try:
-                await client.publish(
-                    m.topic, m.payload.encode("ascii"), qos=m.qos, retain=m.retain, timeout=math.inf
-                )
-                self.last_publish = self.clock()
-            except BaseException as e:  # recorded before the slot is freed: see check()
-                if not failed:
-                    bad = isinstance(e, asyncio.CancelledError)
-                    failed.append(aiomqtt.MqttError("no PUBACK in time") if bad else e)
-                self._wake.set()
-                raise
-            finally:
-                started.pop(m.id, None)
-                sem.release()
-
-        async def watch() -> None:
-            """A PUBACK that does not come within ``timeout_s`` fails the session."""
-            while True:
-                await asyncio.sleep(min(1.0, self.timeout_s / 2))
-                if not inflight:
-                    continue
-                mid, task = next(iter(inflight.items()))
-                t0 = started.get(mid)
-                if t0 is not None and time.monotonic() - t0 > self.timeout_s and not task.done():
-                    log.warning("uplink: no PUBACK within %.0f s; reconnecting", self.timeout_s)
-                    task.cancel()
+        def on_publish(c: Any, userdata: Any, mid: int, rc: Any, props: Any = None) -> None:
+            if not window.owns(mid):
+                if original is not None:
+                    original(c, userdata, mid, rc, props)
+                return
+            if getattr(rc, "is_failure", False):
+                # MQTT 5: the broker refused this message (e.g. not authorized): it stays
+                # stored and unsent; the session ends and the next one tries again
+                failed.append(f"broker refused message (PUBACK {rc})")
+                slot.set()
+                return
+            acked(window.ack(mid))
 
         def check() -> None:
             if failed:
-                raise _SessionLost(f"publish failed: {failed[0]}")
+                raise _SessionLost(failed[0])
+            age = window.oldest_age(time.monotonic())
+            if age is not None and age > self.timeout_s:
+                log.warning("uplink: no PUBACK within %.0f s; reconnecting", self.timeout_s)
+                raise _SessionLost(f"no PUBACK within {self.timeout_s:.0f} s")
 
-        async def quiesce(timeout: float | None) -> None:
-            if inflight:
-                await asyncio.wait(list(inflight.values()), timeout=timeout)
-            settle()
-            if marking is not None:
-                await asyncio.wait([marking], timeout=timeout)
-            if to_mark:  # a mark task finished before the last settle
-                await mark_loop()
+        async def wait_slot() -> None:
+            slot.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slot.wait(), min(1.0, self.timeout_s / 2))
+            check()
 
+        async def quiesce(limit: float | None) -> None:
+            end = None if limit is None else time.monotonic() + limit
+            while len(window) and (end is None or time.monotonic() < end):
+                await wait_slot()
+            if marking is not None and not marking.done():
+                await asyncio.wait([marking], timeout=limit)
+
+        def fetch(after: int) -> asyncio.Future[Sequence[Outgoing]]:
+            self._wake.clear()
+            return asyncio.ensure_future(self._db(self.store.unsent, self.batch, after))
+
+        inner.on_publish = on_publish
+        buf: deque[Outgoing] = deque()
         cursor = 0
-        watcher = asyncio.create_task(watch())
+        pending_fetch: asyncio.Future[Sequence[Outgoing]] | None = fetch(0)
         try:
             while True:
                 check()
-                self._wake.clear()
-                batch = await self._db(self.store.unsent, self.batch, cursor)
-                if not batch:
+                if not buf:
+                    if pending_fetch is None:
+                        pending_fetch = fetch(cursor)
+                    batch = await pending_fetch
+                    pending_fetch = None
+                    if batch:
+                        buf.extend(batch)
+                        cursor = batch[-1].id
+                        if len(batch) >= self.batch:  # more behind it: fetch while publishing
+                            pending_fetch = fetch(cursor)
+                        continue
                     if cursor:
                         # tail reached: let in-flight settle, then rescan from the start
                         # (``resend`` marks old messages unsent again)
                         await quiesce(None)
-                        check()
                         cursor = 0
                         continue
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), 30)
                     continue
-                for m in batch:
-                    await sem.acquire()
-                    check()
-                    started[m.id] = time.monotonic()
-                    t = asyncio.create_task(publish(m))
-                    inflight[m.id] = t
-                    t.add_done_callback(lambda _t: settle())
-                    cursor = m.id
+                while buf and len(window) < window.size:
+                    m = buf.popleft()
+                    info = inner.publish(
+                        m.topic, m.payload.encode("ascii"), qos=m.qos, retain=m.retain
+                    )
+                    if info.rc != paho.MQTT_ERR_SUCCESS:
+                        raise _SessionLost(f"publish failed: {paho.error_string(info.rc)}")
+                    acked(window.sent(m.id, info.mid, m.qos, time.monotonic()))
+                    self.inflight_peak = max(self.inflight_peak, window.peak)
+                    self.last_publish = self.clock()
+                if buf:
+                    await wait_slot()
         except asyncio.CancelledError:
-            # stopping: let what is in flight finish, record it, then stop
-            with contextlib.suppress(Exception):
-                await quiesce(3)
+            # stopping: if still connected, let what is in flight finish and record it
+            if inner.is_connected():
+                with contextlib.suppress(Exception):
+                    await quiesce(3)
             raise
         finally:
-            watcher.cancel()
-            for t in inflight.values():
-                t.cancel()
+            inner.on_publish = original
+            if pending_fetch is not None:
+                pending_fetch.cancel()
+            if marking is not None and not marking.done():
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(marking), 2)
 
     async def publish_live(
         self, stream: str, subtopic: str, body: Any, qos: int = 0, retain: bool = False

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.jws import Signer, envelope
 from agent.keys import keygen, load_private
 from agent.uplink import MqttSettings, Uplink
-from tests.support.mosquitto import Mosquitto, mosquitto  # noqa: F401
+from tests.support.mosquitto import Mosquitto
 from tests.test_uplink import (
     BASE,
     PREFIX,
@@ -55,10 +55,13 @@ def unsent_total(store: Any) -> int:
 
 
 def test_real_store_survives_an_outage(
-    mosquitto: Mosquitto,  # noqa: F811
+    mosquitto_durable: Mosquitto,
     tmp_path: Path,
     ex: ThreadPoolExecutor,
 ) -> None:
+    """Stored while the broker is down, published once it is back: nothing lost, in order.
+    (The broker keeps the collector's session across its restart.)"""
+    mosquitto = mosquitto_durable
     signer = Signer(Ed25519PrivateKey.generate())
     store = ex.submit(store_mod.Store, tmp_path / "agent.db").result()
     col = Collector(mosquitto.port)
@@ -114,7 +117,7 @@ from agent.keys import load_private
 from agent.store import Store
 from agent.uplink import MqttSettings, Uplink
 
-url, key, db, base = sys.argv[1:5]
+url, key, db, base, prefill = sys.argv[1:6]
 signer = Signer(load_private(key))
 ex = ThreadPoolExecutor(1)
 
@@ -123,49 +126,66 @@ def append(store, i):
         return signer.sign(envelope("site-1", "interval", seq, prev, time.time(), {"i": i}))
     return store.append_message("interval", base + "/interval", 1, False, sign)
 
+def fill(store, n):
+    for i in range(n):
+        append(store, -1)
+
 async def main():
     loop = asyncio.get_running_loop()
     store = await loop.run_in_executor(ex, Store, db)
     boot = await loop.run_in_executor(ex, store.next_boot)
+    await loop.run_in_executor(ex, fill, store, int(prefill))  # the backlog
     up = Uplink(MqttSettings(url=url, topic_prefix="dh/v1", site="site-1"), signer, store, ex,
-                boot=boot, backoff_base=0.1, backoff_cap=0.5)
+                boot=boot, window=2, backoff_base=0.1, backoff_cap=0.5)
     task = asyncio.create_task(up.run())
+    print("draining", flush=True)
     i = 0
-    while True:
+    while True:  # new messages keep coming while the backlog drains
         await loop.run_in_executor(ex, append, store, i)
         up.wake()
-        if i == 20:
-            print("producing", flush=True)
         i += 1
-        await asyncio.sleep(0.003)
+        await asyncio.sleep(0.002)
 
 asyncio.run(main())
 """
 
 
-def test_kill9_never_reuses_a_seq_and_the_chain_continues(
-    mosquitto: Mosquitto,  # noqa: F811
+def test_kill9_during_a_drain_never_reuses_a_seq_and_the_chain_continues(
+    mosquitto: Mosquitto,
     tmp_path: Path,
     ex: ThreadPoolExecutor,
 ) -> None:
+    """Two lives of an uplink on one database, each killed with SIGKILL in the middle of
+    draining a backlog (some of it acknowledged, some not, new messages being appended),
+    then a third life drains the rest. The head-end sees seq 1..n of one chain: no gap,
+    no seq with two different messages; what was acknowledged but not yet marked sent
+    when the process died arrives twice, the same bytes."""
     keygen(tmp_path)
     key = tmp_path / "agent.key"
     signer = Signer(load_private(key))
     db = tmp_path / "agent.db"
     col = Collector(mosquitto.port)
     try:
-        for _ in range(2):  # two lives, each ended by SIGKILL mid-stream
+        for prefill in (600, 200):  # two lives, each ended by SIGKILL mid-drain
+            seen = len(col.on("interval"))
             proc = subprocess.Popen(
-                [sys.executable, "-c", CHILD, mosquitto.url, str(key), str(db), BASE],
+                [sys.executable, "-c", CHILD, mosquitto.url, str(key), str(db), BASE, str(prefill)],
                 stdout=subprocess.PIPE,
                 text=True,
                 cwd=ROOT,
             )
             assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "producing"
-            time.sleep(0.7)
+            assert proc.stdout.readline().strip() == "draining"
+            target = seen + 150
+            wait_until(lambda: len(col.on("interval")) >= target, 20, "drain under way")  # noqa: B023
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
+            # killed mid-drain: part of the stored stream acknowledged, part still unsent
+            store = ex.submit(store_mod.Store, db).result()
+            left = ex.submit(unsent_total, store).result()
+            total = len(ex.submit(store.messages, "interval", 1, 10**9).result())
+            ex.submit(store.close).result()
+            assert 0 < left < total, (left, total)
         # a third life drains whatever is left
         store = ex.submit(store_mod.Store, db).result()
 
@@ -192,9 +212,11 @@ def test_kill9_never_reuses_a_seq_and_the_chain_continues(
         n = len(stored)
         assert [m.seq for m in stored] == list(range(1, n + 1))
         ex.submit(store.close).result()
-        assert n > 40
+        assert n > 800
         wait_until(lambda: len(set(col.on("interval"))) >= n, 15, "every interval message")
-        check_stream(col.on("interval"), signer, n)  # 1..n, in order, chained, no reuse
+        got = col.on("interval")
+        check_stream(got, signer, n)  # 1..n, in order, chained, one message per seq
+        assert set(got) == {m.payload.encode() for m in stored}  # the stored bytes, no others
         status = [jose_payload(p, signer.public_key)["body"] for p in col.on("status")]
         # each killed life: online then its will (offline) with the same boot
         assert [(s["state"], s["boot"]) for s in status] == [

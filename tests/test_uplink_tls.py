@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.jws import Signer
 from agent.uplink import MqttSettings, Uplink
 from agent.verify import verify_async
-from tests.support.mosquitto import Mosquitto, mosquitto_binary, mosquitto_tls  # noqa: F401
+from tests.support.mosquitto import Mosquitto, mosquitto_binary
 from tests.test_uplink import PREFIX, SITE, Collector, MemStore, add, await_until, check_stream
 
 
@@ -55,7 +55,7 @@ def drain_over(m: Mosquitto, s: MqttSettings, ex: ThreadPoolExecutor, n: int = 3
 
 
 def test_mqtts_with_the_right_ca(
-    mosquitto_tls: Mosquitto,  # noqa: F811
+    mosquitto_tls: Mosquitto,
     ex: ThreadPoolExecutor,
 ) -> None:
     assert mosquitto_tls.pki is not None
@@ -65,7 +65,7 @@ def test_mqtts_with_the_right_ca(
 
 
 def test_wrong_ca_is_refused_with_a_clear_error(
-    mosquitto_tls: Mosquitto,  # noqa: F811
+    mosquitto_tls: Mosquitto,
     ex: ThreadPoolExecutor,
 ) -> None:
     pki = mosquitto_tls.pki

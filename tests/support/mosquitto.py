@@ -1,16 +1,19 @@
 """A real Mosquitto broker for tests and benchmarks, on a free 127.0.0.1 port.
 
 ``Mosquitto(workdir)`` writes a config into ``workdir`` (``listener PORT 127.0.0.1``,
-``allow_anonymous true`` or, with ``users``, a password file; persistence in ``workdir``)
+``allow_anonymous true`` or, with ``users``, a password file; persistence off unless asked
+for, then in ``workdir``)
 and, with ``tls=True``, a second listener with a test PKI made here (``make_pki``: CA,
 server certificate for 127.0.0.1/localhost, client certificate, an unrelated "wrong" CA).
 
     m = Mosquitto(tmp_path, tls=True); m.start(); m.url; m.tls_url; m.stop(); m.restart()
 
 The pytest fixture ``mosquitto`` yields a started plain broker and stops it after the
-test; ``mosquitto_tls`` likewise with the TLS listener. Both skip the test when the
-mosquitto binary is missing. Register them with
-``pytest_plugins = ["tests.support.mosquitto"]`` or import them into a test module.
+test; ``mosquitto_durable`` likewise with persistence on (a subscriber's persistent session
+and its queued messages survive ``restart()``: outage tests need the subscriber side to
+lose nothing, so that any loss seen is the agent's); ``mosquitto_tls`` with the TLS
+listener. All skip the test when the mosquitto binary is missing. ``tests/conftest.py``
+registers them.
 """
 
 from __future__ import annotations
@@ -188,7 +191,7 @@ class Mosquitto:
         *,
         tls: bool = False,
         require_certificate: bool = False,
-        persistence: bool = True,
+        persistence: bool = False,
         users: dict[str, str] | None = None,
         binary: str | None = None,
     ) -> None:
@@ -234,6 +237,7 @@ class Mosquitto:
             "log_timestamp_format %H:%M:%S",
             "max_inflight_messages 0",
             "max_queued_messages 100000",
+            "set_tcp_nodelay true",  # as a production broker on LAN-speed links would
         ]
         if self.pki is not None:
             lines += [
@@ -351,6 +355,17 @@ def _skip_without_binary() -> None:
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     _skip_without_binary()
     m = Mosquitto(tmp_path / "mosquitto")
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def mosquitto_durable(tmp_path: Path) -> Iterator[Mosquitto]:
+    _skip_without_binary()
+    m = Mosquitto(tmp_path / "mosquitto-durable", persistence=True)
     m.start()
     try:
         yield m

@@ -1,0 +1,440 @@
+"""Remote configuration and commands through a real Mosquitto to a running agent
+(in-process, with the simulator over Modbus TCP): every rejection, a valid change that
+survives a restart, resend byte for byte, and a 2,000-payload hypothesis fuzz."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.config import load
+from agent.jws import Signer, envelope, thumbprint, verify
+from agent.keys import load_private, load_public
+from agent.operator import cmd_message, config_message
+from agent.remote import apply_overlay
+from agent.runner import Agent
+from agent.uplink import no_delay
+from simulator.server import SimServer
+from tests.support.mosquitto import Mosquitto
+from tests.support.rig import write_config
+
+SITE = "test-site"
+BASE = f"dh/v1/{SITE}"
+
+
+@dataclass
+class HeadEnd:
+    """Collects and verifies everything the agent publishes."""
+
+    keys: dict[str, Any]
+    got: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    raw: dict[str, list[str]] = field(default_factory=dict)
+
+    def on(self, topic: str, payload: bytes) -> None:
+        sub = topic[len(BASE) + 1 :]
+        text = payload.decode()
+        self.raw.setdefault(sub, []).append(text)
+        self.got.setdefault(sub, []).append(verify(text, self.keys))
+
+    def bodies(self, sub: str) -> list[dict[str, Any]]:
+        return [e["body"] for e in self.got.get(sub, [])]
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    broker: Mosquitto
+    head: HeadEnd
+    client: aiomqtt.Client
+    agent: Agent
+    operator: Signer
+    sim_port: int
+
+    async def send(self, sub: str, payload: str | bytes) -> None:
+        await self.client.publish(f"{BASE}/{sub}", payload, qos=1)
+
+    async def wait(self, cond: Callable[[], bool], timeout: float = 20.0) -> None:
+        end = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < end, "timed out"
+            await asyncio.sleep(0.002)
+
+    async def ack(self, sub: str, n_before: int, timeout: float = 20.0) -> dict[str, Any]:
+        await self.wait(lambda: len(self.head.bodies(sub)) > n_before, timeout)
+        return self.head.bodies(sub)[n_before]
+
+    def config_msg(
+        self, version: Any, partial: Any, signer: Signer | None = None, site: str = SITE
+    ) -> str:
+        return config_message(signer or self.operator, site, version, partial, time.time())
+
+
+def start_agent(cfg_path: Path) -> tuple[Agent, asyncio.Task[None]]:
+    cfg, version, problem = apply_overlay(load(cfg_path))
+    assert not problem, problem
+    agent = Agent(cfg, config_version=version)
+    return agent, asyncio.create_task(agent.run())
+
+
+async def stop_agent(agent: Agent, task: asyncio.Task[None]) -> None:
+    agent.stopping.set()
+    await asyncio.wait_for(task, 30)
+
+
+@asynccontextmanager
+async def rig(tmp: Path, broker: Mosquitto, period_s: int = 5) -> AsyncIterator[Rig]:
+    async with SimServer("steady", seed=3) as sim:
+        assert sim.tcp_address is not None
+        cfg_path = write_config(
+            tmp, sim.tcp_address[1], broker.url, period_s, "flow_limit_m3h = 2.5\nenforce = false\n"
+        )
+        pub = load_public(tmp / "agent.pub")
+        head = HeadEnd({thumbprint(pub): pub})
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="head-end") as client:
+            no_delay(client)  # or Nagle holds each small publish back ~40 ms
+            await client.subscribe(f"{BASE}/#", qos=1)
+
+            async def listen() -> None:
+                async for m in client.messages:
+                    if isinstance(m.payload, bytes) and not str(m.topic).endswith(
+                        ("/config/set", "/cmd")
+                    ):
+                        head.on(str(m.topic), m.payload)
+
+            lt = asyncio.create_task(listen())
+            agent, task = start_agent(cfg_path)
+            r = Rig(
+                tmp,
+                broker,
+                head,
+                client,
+                agent,
+                Signer(load_private(tmp / "operator.key")),
+                sim.tcp_address[1],
+            )
+            try:
+                await r.wait(lambda: bool(head.bodies("config/current")))
+                yield r
+            finally:
+                if not task.done():
+                    await stop_agent(r.agent, task)
+                lt.cancel()
+
+
+def test_every_rejection_is_acked_and_changes_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async def main() -> None:
+        async with rig(tmp_path, mosquitto) as r:
+            before = r.head.bodies("config/current")[-1]
+            assert before["version"] == 0
+            stranger = Signer(Ed25519PrivateKey.generate())
+            good = r.config_msg(1, {"contract": {"flow_limit_m3h": 2.0}})
+            h, p, s = good.split(".")
+            bad_sig = f"{h}.{p}.{('A' if s[0] != 'A' else 'B')}{s[1:]}"
+            unsigned = json.dumps(
+                envelope(SITE, "config", 1, None, time.time(), {"version": 1, "config": {}})
+            )
+            cases = [
+                (b"\x00garbage\xff", "malformed"),
+                (unsigned, "malformed"),
+                (bad_sig, "bad_signature"),
+                (r.config_msg(1, {"contract": {"flow_limit_m3h": 2.0}}, stranger), "unknown_key"),
+                (
+                    r.config_msg(1, {"contract": {"flow_limit_m3h": 2.0}}, site="other-site"),
+                    "wrong_site",
+                ),
+                (r.config_msg(0, {"contract": {"flow_limit_m3h": 2.0}}), "stale_version"),
+                (
+                    r.config_msg(1, {"contract": {"flow_limit_m3h": -1}}),
+                    "invalid: contract.flow_limit_m3h",
+                ),
+                (r.config_msg(1, {"site": {"id": "x"}}), "unknown_key"),
+            ]
+            for payload, reason in cases:
+                n = len(r.head.bodies("config/ack"))
+                await r.send("config/set", payload)
+                ack = await r.ack("config/ack", n)
+                assert ack["result"] == "rejected" and ack["reason"].startswith(reason), (
+                    reason,
+                    ack,
+                )
+            assert r.agent.remote.version == 0
+            assert r.agent.cfg.contract.flow_limit_m3h == 2.5
+            assert r.agent.lparams.flow_limit_m3h == 2.5
+            assert r.head.bodies("config/current")[-1] == before
+            # commands: unknown command, stale ts, replayed id
+            cases_cmd: list[tuple[str, str]] = []
+            old = cmd_message(r.operator, SITE, {"cmd": "poll_now"}, time.time() - 3600)
+            cases_cmd.append((old, "stale_ts"))
+            cases_cmd.append(
+                (cmd_message(r.operator, SITE, {"cmd": "format_disk"}, time.time()), "invalid: cmd")
+            )
+            once = cmd_message(r.operator, SITE, {"cmd": "poll_now", "id": "c-1"}, time.time())
+            cases_cmd.append((once, ""))
+            cases_cmd.append((once, "replayed"))
+            for payload, reason in cases_cmd:
+                n = len(r.head.bodies("cmd/ack"))
+                await r.send("cmd", payload)
+                ack = await r.ack("cmd/ack", n)
+                if reason:
+                    assert ack["result"] == "rejected" and ack["reason"].startswith(reason), ack
+                else:
+                    assert ack["result"] == "done", ack
+
+    asyncio.run(main())
+
+
+def test_valid_change_applies_survives_restart_and_replay_is_stale(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async def main() -> None:
+        async with rig(tmp_path, mosquitto) as r:
+            msg = r.config_msg(
+                1,
+                {"contract": {"flow_limit_m3h": 1.75}, "devices": [{"name": "hm1", "poll_s": 0.5}]},
+            )
+            n = len(r.head.bodies("config/ack"))
+            await r.send("config/set", msg)
+            ack = await r.ack("config/ack", n)
+            assert ack == {"version": 1, "result": "applied", "reason": ""}
+            await r.wait(lambda: r.head.bodies("config/current")[-1]["version"] == 1)
+            cur = r.head.bodies("config/current")[-1]["config"]
+            assert cur["contract"]["flow_limit_m3h"] == 1.75
+            assert r.agent.lparams.flow_limit_m3h == 1.75
+            assert r.agent.channels["hm1"].poll_s == 0.5
+            # the next records carry the new limit
+            n_int = len(r.head.bodies("interval"))
+            await r.wait(
+                lambda: any(
+                    b["device"] == "hm1" and b["flow_limit_m3h"] == 1.75
+                    for b in r.head.bodies("interval")[n_int:]
+                ),
+                30,
+            )
+            events = [b["kind"] for b in r.head.bodies("event")]
+            assert "config_applied" in events
+        # restart: the change is still in effect, and the same message is now stale
+        async with rig(tmp_path, mosquitto) as r2:
+            assert r2.agent.remote.version == 1
+            assert r2.agent.cfg.contract.flow_limit_m3h == 1.75
+            assert r2.head.bodies("config/current")[-1]["version"] == 1
+            n = len(r2.head.bodies("config/ack"))
+            await r2.send("config/set", msg)
+            ack = await r2.ack("config/ack", n)
+            assert ack["result"] == "rejected" and ack["reason"].startswith("stale_version")
+            assert r2.agent.cfg.contract.flow_limit_m3h == 1.75
+
+    asyncio.run(main())
+
+
+def test_resend_republishes_byte_identical_messages(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async def main() -> None:
+        async with rig(tmp_path, mosquitto) as r:
+            await r.wait(lambda: len(r.head.raw.get("interval", [])) >= 6, 40)
+            first = list(r.head.raw["interval"][:6])
+            seqs = [e["seq"] for e in r.head.got["interval"][:6]]
+            assert seqs == list(range(1, 7))
+            n_raw = len(r.head.raw["interval"])
+            n = len(r.head.bodies("cmd/ack"))
+            await r.send(
+                "cmd",
+                cmd_message(
+                    r.operator,
+                    SITE,
+                    {"cmd": "resend", "stream": "interval", "from_seq": 1, "to_seq": 6},
+                    time.time(),
+                ),
+            )
+            ack = await r.ack("cmd/ack", n)
+            assert ack["result"] == "done" and ack.get("count") == 6
+            await r.wait(lambda: all(m in r.head.raw["interval"][n_raw:] for m in first), 20)
+
+    asyncio.run(main())
+
+
+# --- fuzz ------------------------------------------------------------------------------
+
+JSONISH = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**80), max_value=2**80),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=40),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+# a version that can never be applied: not a positive integer in range
+BAD_VERSION = st.one_of(
+    st.integers(max_value=0),
+    st.integers(min_value=2**63, max_value=2**90),
+    st.floats(allow_nan=True),
+    st.text(max_size=10),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(), max_size=3),
+)
+# a partial config that can never validate: unknown top-level keys or wrong types
+BAD_CONFIG = st.one_of(
+    JSONISH.filter(lambda v: not isinstance(v, dict)),
+    st.dictionaries(
+        st.text(min_size=1, max_size=12).filter(
+            lambda k: k not in ("contract", "delivery", "mqtt", "devices")
+        ),
+        JSONISH,
+        min_size=1,
+        max_size=3,
+    ),
+    st.fixed_dictionaries(
+        {
+            "contract": st.fixed_dictionaries(
+                {
+                    "flow_limit_m3h": st.one_of(
+                        st.floats(allow_nan=True).filter(lambda x: not 0 < x <= 1000),
+                        st.text(),
+                        st.lists(st.integers(), max_size=2),
+                    )
+                }
+            )
+        }
+    ),
+)
+DEEP = st.integers(50, 3000).map(lambda d: "[" * d + "]" * d)
+BAD_CMD_NAME = st.one_of(
+    st.text(max_size=20).filter(lambda s: s not in ("resend", "poll_now", "rotate_key")), JSONISH
+)
+
+
+@st.composite
+def payload(draw: st.DrawFn, op: Signer, good_config: str, good_cmd: str) -> tuple[str, bytes]:
+    target = draw(st.sampled_from(["config/set", "cmd"]))
+    good = good_config if target == "config/set" else good_cmd
+    kind = draw(st.integers(0, 6))
+    if kind == 0:
+        return target, draw(st.binary(max_size=600))
+    if kind == 1:
+        return target, good.encode()[: draw(st.integers(0, len(good) - 1))]
+    if kind == 2:
+        b = bytearray(good.encode())
+        for _ in range(draw(st.integers(1, 5))):
+            i = draw(st.integers(0, len(b) - 1))
+            b[i] = (b[i] + draw(st.integers(1, 255))) % 256  # always a change
+        return target, bytes(b)
+    if kind == 3:
+        return target, draw(DEEP).encode()
+    now = time.time()
+    if target == "config/set":
+        body: Any = draw(
+            st.one_of(
+                st.fixed_dictionaries({"version": BAD_VERSION, "config": JSONISH}),
+                st.fixed_dictionaries({"version": st.integers(1, 2**62), "config": BAD_CONFIG}),
+                JSONISH,
+            )
+        )
+        env = envelope(SITE, "config", 1, None, now, body)
+    else:
+        body = draw(
+            st.one_of(
+                st.fixed_dictionaries({"id": JSONISH, "cmd": BAD_CMD_NAME}),
+                st.fixed_dictionaries(
+                    {
+                        "id": st.text(min_size=1, max_size=20),
+                        "cmd": st.just("resend"),
+                        "stream": JSONISH,
+                        "from_seq": JSONISH,
+                        "to_seq": JSONISH,
+                    }
+                ),
+                JSONISH,
+            )
+        )
+        env = envelope(SITE, "cmd", 1, None, now, body)
+    if kind == 6:  # hostile envelope fields around a hostile body
+        env["ts"] = draw(JSONISH)
+        env["site"] = draw(st.one_of(st.just(SITE), JSONISH))
+    try:
+        return target, op.sign(env).encode()
+    except (ValueError, TypeError, OverflowError):
+        return target, json.dumps(body, default=str).encode()[:5000]
+
+
+FUZZ_N = int(os.environ.get("DH_FUZZ_N", "2000"))
+
+
+def test_fuzz_2000_payloads_never_crash_never_change_config(tmp_path_factory: Any) -> None:
+    """The agent and its broker run on a loop in a thread; hypothesis draws one payload per
+    example and each is sent and answered before the next (FUZZ_N examples)."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    broker = Mosquitto(tmp / "mosquitto")
+    broker.start()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def on_loop(coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    cm = rig(tmp, broker)
+    try:
+        r: Rig = on_loop(cm.__aenter__())
+        cur0 = r.head.bodies("config/current")[-1]
+        cfg0 = r.agent.cfg
+        good_config = r.config_msg(1, {"contract": {"flow_limit_m3h": 2.0}})
+        good_cmd = cmd_message(r.operator, SITE, {"cmd": "poll_now"}, time.time())
+        count: dict[str, float] = {"sent": 0, "rejected": 0, "io_s": 0.0}
+
+        async def one(target: str, p: bytes) -> dict[str, Any]:
+            sub = "config/ack" if target == "config/set" else "cmd/ack"
+            n = len(r.head.bodies(sub))
+            await r.send(target, p)
+            return await r.ack(sub, n)
+
+        @settings(
+            max_examples=FUZZ_N,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(payload(r.operator, good_config, good_cmd))
+        def fuzz_one(tp: tuple[str, bytes]) -> None:
+            t = time.perf_counter()
+            ack = on_loop(one(*tp))
+            count["io_s"] += time.perf_counter() - t
+            count["sent"] += 1
+            if tp[0] == "config/set":
+                assert ack["result"] == "rejected", (tp, ack)
+            count["rejected"] += ack["result"] == "rejected"
+
+        fuzz_one()
+        assert count["sent"] >= FUZZ_N, count
+        assert r.agent.remote.version == 0
+        assert r.agent.cfg == cfg0
+        assert r.head.bodies("config/current")[-1] == cur0
+        # still alive and answering
+        ok = on_loop(
+            one("cmd", cmd_message(r.operator, SITE, {"cmd": "poll_now"}, time.time()).encode())
+        )
+        assert ok["result"] == "done"
+        print(
+            f"fuzz: {count['sent']} payloads, {count['rejected']} rejected, {count['io_s']:.1f} s I/O"
+        )
+    finally:
+        on_loop(cm.__aexit__(None, None, None))
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        broker.stop()
