@@ -32,7 +32,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.jws import Signer, envelope
 from agent.store import Store
@@ -111,7 +111,9 @@ def agent_round(url: str, store: Store, signer: Signer, ex: ThreadPoolExecutor, 
     return asyncio.run(main())
 
 
-def bare_round(port: int, payloads: list[tuple[str, bytes]], protocol: int) -> float:
+def bare_round(
+    port: int, payloads: list[tuple[str, bytes]], protocol: MQTTProtocolVersion
+) -> float:
     done = threading.Event()
     acked = 0
     lock = threading.Lock()

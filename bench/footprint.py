@@ -17,7 +17,8 @@ from bench.harness import Rig, proc_cpu_s, proc_rss_mb
 
 def baseline_rss() -> float:
     code = (
-        "import pymodbus.client, aiomqtt, sqlite_utils, cryptography.hazmat.primitives.asymmetric.ed25519;"
+        "import pymodbus.client, aiomqtt, sqlite_utils;"
+        "import cryptography.hazmat.primitives.asymmetric.ed25519;"
         "import pathlib;"
         "print([l for l in pathlib.Path('/proc/self/status').read_text().splitlines()"
         " if l.startswith('VmHWM')][0].split()[1])"
@@ -46,8 +47,15 @@ def main() -> None:
     cpu_h = (c1 - c0) / (t1 - t0) * 3600
     print(f"baseline (imports only) peak RSS {base:.1f} MB; agent exit {rc}")
     print(f"agent peak RSS {peak:.1f} MB, CPU {c1 - c0:.2f} s in {t1 - t0:.0f} s")
-    print(json.dumps({"rss_mb": round(peak, 1), "cpu_s_per_hour": round(cpu_h, 1),
-                      "baseline_rss_mb": round(base, 1)}))
+    print(
+        json.dumps(
+            {
+                "rss_mb": round(peak, 1),
+                "cpu_s_per_hour": round(cpu_h, 1),
+                "baseline_rss_mb": round(base, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

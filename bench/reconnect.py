@@ -21,6 +21,7 @@ import time
 from datetime import datetime
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.harness import Rig
 
@@ -36,17 +37,17 @@ class Sub:
     def __init__(self, port: int) -> None:
         self.lock = threading.Lock()
         self.got: list[tuple[float, str, dict[str, object]]] = []
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub")
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub")
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("dh/v1/bench-1/#", qos=1)
         self.c.on_message = self.on
-        self.c.reconnect_delay_set(0.05, 0.2)
+        self.c.reconnect_delay_set(0.05, 0.2)  # type: ignore[arg-type]  # paho takes floats
         self.c.connect("127.0.0.1", port, keepalive=5)
         self.c.loop_start()
 
     def on(self, c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
         t = time.monotonic()
         with self.lock:
-            self.got.append((t, m.topic, payload_env(m.payload)))
+            self.got.append((t, m.topic, payload_env(bytes(m.payload))))
 
     def snapshot(self) -> list[tuple[float, str, dict[str, object]]]:
         with self.lock:
@@ -93,7 +94,9 @@ def main() -> None:
                 break
         rc = rig.stop_agent()
     print(f"agent exit {rc}")
-    print(json.dumps({"backlog_s": round(backlog_s, 3), "first_publish_s": round(first_publish_s, 3)}))
+    print(
+        json.dumps({"backlog_s": round(backlog_s, 3), "first_publish_s": round(first_publish_s, 3)})
+    )
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def test_every_rejection_is_acked_and_changes_nothing(tmp_path: Path, mosquitto:
             unsigned = json.dumps(
                 envelope(SITE, "config", 1, None, time.time(), {"version": 1, "config": {}})
             )
-            cases = [
+            cases: list[tuple[str | bytes, str]] = [
                 (b"\x00garbage\xff", "malformed"),
                 (unsigned, "malformed"),
                 (bad_sig, "bad_signature"),
@@ -431,7 +431,8 @@ def test_fuzz_2000_payloads_never_crash_never_change_config(tmp_path_factory: An
         )
         assert ok["result"] == "done"
         print(
-            f"fuzz: {count['sent']} payloads, {count['rejected']} rejected, {count['io_s']:.1f} s I/O"
+            f"fuzz: {count['sent']} payloads, {count['rejected']} rejected, "
+            f"{count['io_s']:.1f} s I/O"
         )
     finally:
         on_loop(cm.__aexit__(None, None, None))
