@@ -126,8 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return poll_once(_load_config(args.config), sys.stdout)
 
     if args.cmd == "run":
+        import faulthandler
+        import signal
+
         from agent.runner import run_agent
 
+        # a technician's `kill -USR1` dumps every thread's stack to the journal
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         cfg = _load_config(args.config)
         if args.log_level is None:
             setup_logging(cfg.log_level)
@@ -154,7 +159,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = _load_config(args.config)
         store = Store(cfg.storage.path, max_mb=cfg.storage.max_mb)
         try:
-            print(status_summary(store, time.time()))
+            now = time.time()
+            print(status_summary(store, now))
+            from agent.advice import YEAR_S, contract_review, describe
+
+            c = cfg.contract
+            for d in cfg.devices:
+                if d.role == "heat_meter":
+                    recs = store.iter_intervals(now - YEAR_S, now, d.name)
+                    review = contract_review(recs, now, c.flow_limit_m3h, c.power_limit_kw)
+                    print(f"{d.name}: {describe(review)}")
         finally:
             store.close()
         return 0

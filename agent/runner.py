@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from agent import advice
 from agent import aggregator as agg
 from agent.clock import SyncClock
 from agent.commands import RemoteHandler
@@ -373,8 +374,30 @@ class Agent:
         for rec in records:
             for ev in self.monitors.on_record(rec):
                 await self.emit_event(ev)
+        if ch is self.meter:
+            await self.monthly_review(records[-1])
         if self.uplink is not None:
             self.uplink.wake()
+
+    async def monthly_review(self, last: dict[str, Any]) -> None:
+        """Once a month (the first record of a new month): the largest hourly flow and
+        power of the last 12 months against the contract, as a `contract_review` event."""
+        assert self.store is not None and self.meter is not None
+        end = advice.record_end(last)
+        month = advice.month_key(end)
+        done = await self.call(self.store.get_meta, "contract_review_month")
+        if done == month:
+            return
+        if done is None:  # a fresh install: the first review comes next month
+            await self.call(self.store.set_meta, "contract_review_month", month)
+            return
+        name, c = self.meter.params.device, self.cfg.contract
+        recs = await self.call(
+            lambda: list(self.store.iter_intervals(end - advice.YEAR_S, end, name))  # type: ignore[union-attr]
+        )
+        review = advice.contract_review(recs, end, c.flow_limit_m3h, c.power_limit_kw)
+        await self.emit_event({**review, "device": name, "t": end})
+        await self.call(self.store.set_meta, "contract_review_month", month)
 
     async def run_limiter(self, r: Reading) -> None:
         m = MeterInput(

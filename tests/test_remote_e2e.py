@@ -5,6 +5,7 @@ survives a restart, resend byte for byte, and a 2,000-payload hypothesis fuzz.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -108,6 +109,10 @@ async def rig(tmp: Path, broker: Mosquitto, period_s: int = 5) -> AsyncIterator[
             await client.subscribe(f"{BASE}/#", qos=1)
 
             async def listen() -> None:
+                with contextlib.suppress(aiomqtt.MqttError):  # the client closes at the end
+                    await listen_all()
+
+            async def listen_all() -> None:
                 async for m in client.messages:
                     if isinstance(m.payload, bytes) and not str(m.topic).endswith(
                         ("/config/set", "/cmd")
@@ -126,6 +131,24 @@ async def rig(tmp: Path, broker: Mosquitto, period_s: int = 5) -> AsyncIterator[
                 sim.tcp_address[1],
             )
             try:
+                # this boot online (the broker may still hold a retained status and
+                # config/current of the previous one), and subscribed: a probe is answered
+                await r.wait(
+                    lambda: any(
+                        b.get("state") == "online" and b.get("boot") == agent.boot
+                        for b in head.bodies("status")
+                    )
+                )
+                for _ in range(50):
+                    n = len(head.bodies("cmd/ack"))
+                    await r.send(
+                        "cmd", cmd_message(r.operator, SITE, {"cmd": "poll_now"}, time.time())
+                    )
+                    try:
+                        await r.ack("cmd/ack", n, 1.0)
+                        break
+                    except AssertionError:
+                        continue
                 await r.wait(lambda: bool(head.bodies("config/current")))
                 yield r
             finally:
