@@ -32,6 +32,7 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.setblocking(False)  # a busy systemd must never stall the event loop
                 s.connect(self.address)
                 s.sendall(state.encode())
             return True

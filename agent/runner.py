@@ -528,7 +528,10 @@ class Agent:
                 await asyncio.wait_for(self.uplink.shutdown(), 10)
             except Exception as e:
                 log.warning("uplink shutdown: %s", e)
-        await self.pool.close()
+        try:  # the devices' connections: bounded, so a stuck bus cannot hold the exit
+            await asyncio.wait_for(self.pool.close(), 5)
+        except Exception as e:
+            log.warning("closing the devices: %s", e)
         if self.store is not None:
             await self.call(self.store.close)
         self.db.shutdown(wait=True)

@@ -451,12 +451,6 @@ def test_agent_syscalls_stay_inside_the_unit_filter(agent_run: AgentRun) -> None
     assert outside == set(), f"system calls the unit would refuse: {sorted(outside)}"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent agent bug (reported to the lead): after 'uplink: offline status "
-    "published' Agent.close() can wait forever (event loop idle, store threads idle, so "
-    "most likely pool.close()); systemd then SIGKILLs at TimeoutStopSec",
-)
 def test_agent_exits_0_soon_after_sigterm(agent_run: AgentRun) -> None:
     print(f"SIGTERM to exit: {agent_run.stop_s:.2f} s")
     assert agent_run.exit_code == 0, f"no exit within {GRACE_S} s of SIGTERM"
