@@ -169,5 +169,12 @@ class RemoteHandler:
         await a.emit_event(
             {"kind": "key_rotated", "old_kid": a.signer.kid, "new_kid": kid, "new_pubkey": pub_pem}
         )
+        # the announcement leaves first: wait (bounded) until the broker has it, so a
+        # head-end knows the new key before the first message signed by it
+        assert a.store is not None
+        for _ in range(100):
+            if (await a.call(a.store.backlog)).get("event", 0) == 0:
+                break
+            await asyncio.sleep(0.1)
         a.set_signer(Signer(new))
         return {"new_kid": kid}

@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import load
-from agent.jws import Signer, envelope, thumbprint, verify
+from agent.jws import JWSError, Signer, envelope, thumbprint, verify
 from agent.keys import load_private, load_public
 from agent.operator import cmd_message, config_message
 from agent.remote import apply_overlay
 from agent.runner import Agent
 from agent.uplink import no_delay
+from agent.verify import Checker
 from simulator.server import SimServer
 from tests.support.mosquitto import Mosquitto
 from tests.support.rig import write_config
@@ -48,7 +51,13 @@ class HeadEnd:
         sub = topic[len(BASE) + 1 :]
         text = payload.decode()
         self.raw.setdefault(sub, []).append(text)
-        self.got.setdefault(sub, []).append(verify(text, self.keys))
+        env = verify(text, self.keys)
+        self.got.setdefault(sub, []).append(env)
+        body = env["body"]
+        if sub == "event" and body.get("kind") == "key_rotated":  # learn the new key
+            new = serialization.load_pem_public_key(body["new_pubkey"].encode())
+            assert isinstance(new, Ed25519PublicKey)
+            self.keys[thumbprint(new)] = new
 
     def bodies(self, sub: str) -> list[dict[str, Any]]:
         return [e["body"] for e in self.got.get(sub, [])]
@@ -104,6 +113,9 @@ async def rig(tmp: Path, broker: Mosquitto, period_s: int = 5) -> AsyncIterator[
         )
         pub = load_public(tmp / "agent.pub")
         head = HeadEnd({thumbprint(pub): pub})
+        if (tmp / "agent-rotated.key").exists():  # a head-end learns it from key_rotated
+            new = load_private(tmp / "agent-rotated.key").public_key()
+            head.keys[thumbprint(new)] = new
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="head-end") as client:
             no_delay(client)  # or Nagle holds each small publish back ~40 ms
             await client.subscribe(f"{BASE}/#", qos=1)
@@ -283,6 +295,14 @@ def test_resend_republishes_byte_identical_messages(tmp_path: Path, mosquitto: M
             ack = await r.ack("cmd/ack", n)
             assert ack["result"] == "done" and ack.get("count") == 6
             await r.wait(lambda: all(m in r.head.raw["interval"][n_raw:] for m in first), 20)
+            # what `dh-agent verify` checks (signature, kid, seq, chain) accepts them all,
+            # the originals and the re-sent copies (duplicates, not gaps or forgeries)
+            pub = load_public(tmp_path / "agent.pub")
+            checker = Checker(SITE, {thumbprint(pub): pub})
+            results = [
+                checker.check(f"{BASE}/interval", m.encode()) for m in r.head.raw["interval"]
+            ]
+            assert all(x["ok"] for x in results), [x for x in results if not x["ok"]][:3]
 
     asyncio.run(main())
 
@@ -462,3 +482,35 @@ def test_fuzz_2000_payloads_never_crash_never_change_config(tmp_path_factory: An
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         broker.stop()
+
+
+def test_rotate_key_announced_under_the_old_key_then_used(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async def main() -> None:
+        async with rig(tmp_path, mosquitto) as r:
+            old_kid = r.agent.signer.kid
+            n = len(r.head.bodies("cmd/ack"))
+            await r.send("cmd", cmd_message(r.operator, SITE, {"cmd": "rotate_key"}, time.time()))
+            ack = await r.ack("cmd/ack", n)
+            assert ack["result"] == "done" and ack["new_kid"] != old_kid
+            await r.wait(lambda: any(b["kind"] == "key_rotated" for b in r.head.bodies("event")))
+            i = [b["kind"] for b in r.head.bodies("event")].index("key_rotated")
+            raw = r.head.raw["event"][i]
+            assert verify(raw, r.head.keys)["body"]["new_kid"] == ack["new_kid"]  # old key
+            new_pub = serialization.load_pem_public_key(
+                r.head.bodies("event")[i]["new_pubkey"].encode()
+            )
+            assert isinstance(new_pub, Ed25519PublicKey) and thumbprint(new_pub) == ack["new_kid"]
+            # the next interval record is signed by the new key only
+            n_int = len(r.head.raw.get("interval", []))
+            await r.wait(lambda: len(r.head.raw.get("interval", [])) > n_int, 20)
+            nxt = r.head.raw["interval"][n_int]
+            with pytest.raises(JWSError):
+                verify(nxt, {old_kid: r.head.keys[old_kid]})
+            assert verify(nxt, {ack["new_kid"]: new_pub})["stream"] == "interval"
+        # after a restart the rotated key is still the one in use
+        async with rig(tmp_path, mosquitto) as r2:
+            assert r2.agent.signer.kid == ack["new_kid"]
+
+    asyncio.run(main())
