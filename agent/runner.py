@@ -146,6 +146,16 @@ class Agent:
 
     # --- helpers ------------------------------------------------------------------
 
+    async def pause(self, seconds: float) -> bool:
+        """Sleep, or less when stopping; False once stopping. The loops check it rather than
+        rely on cancellation alone: Python 3.11's wait_for can swallow a cancel that meets
+        an inner completion (seen with aiomqtt's publish), and a loop would then go on."""
+        if self.stopping.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), max(0.0, seconds))
+        return not self.stopping.is_set()
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store method on the writer thread."""
         loop = asyncio.get_running_loop()
@@ -271,19 +281,18 @@ class Agent:
         """Publish the retained config/current on every (re)connection."""
         assert self.uplink is not None
         was = False
-        while True:
+        while await self.pause(0.2):
             now = self.uplink.connected
             if now and not was:
                 await self.remote.publish_current()
             was = now
-            await asyncio.sleep(0.2)
 
     # --- the pipeline ---------------------------------------------------------------
 
     async def poll_loop(self, ch: Channel) -> None:
         mono = self.clock.mono
         next_t = mono()
-        while True:
+        while not self.stopping.is_set():
             try:
                 r = await ch.device.read()
                 await self.on_reading(ch, r)
@@ -437,7 +446,8 @@ class Agent:
             except Exception as e:
                 if attempt == 9:
                     log.warning("actuator watchdog not set: %s", e)
-                await asyncio.sleep(2.0)
+                if not await self.pause(2.0):
+                    return
 
     async def flush_samples(self) -> None:
         if not self.sample_buf or self.store is None:
@@ -446,14 +456,12 @@ class Agent:
         await self.call(self.store.add_samples, rows)
 
     async def flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.storage.flush_s)
+        while await self.pause(self.cfg.storage.flush_s):
             await self.flush_samples()
 
     async def maintenance_loop(self) -> None:
         assert self.store is not None
-        while True:
-            await asyncio.sleep(3600)
+        while await self.pause(3600):
             done = await self.call(self.store.prune, self.clock.wall())
             lost = {k: v for k, v in done.items() if k != "samples" and v}
             if lost:
@@ -461,8 +469,7 @@ class Agent:
 
     async def telemetry_loop(self) -> None:
         assert self.uplink is not None
-        while True:
-            await asyncio.sleep(self.cfg.mqtt.telemetry_s)
+        while await self.pause(self.cfg.mqtt.telemetry_s):
             body = {
                 "devices": {
                     name: {
@@ -485,7 +492,8 @@ class Agent:
             return
         while True:
             self.notifier.watchdog()
-            await asyncio.sleep(every)
+            if not await self.pause(every):
+                return
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -517,6 +525,17 @@ class Agent:
                 self.notifier.stopping()
                 for t in tasks:
                     t.cancel()
+                # cancel again what is still running after a while: a cancel swallowed
+                # inside a library (3.11 wait_for) must not keep the agent from exiting
+                for _ in range(10):
+                    left = [t for t in tasks if not t.done()]
+                    if not left:
+                        break
+                    await asyncio.wait(left, timeout=3.0)
+                    for t in left:
+                        if not t.done():
+                            log.warning("task %s still running: cancelling again", t.get_name())
+                            t.cancel()
         finally:
             await self.close()
 

@@ -29,6 +29,8 @@ def ts_of(s: str) -> float:
 def truth_at(truth: list[dict[str, Any]], t: float, key: str) -> float:
     ts = [x["t"] for x in truth]
     i = bisect.bisect_left(ts, t)
+    if i < len(ts) and ts[i] == t:
+        return float(truth[i][key])
     assert 0 < i < len(ts), f"{t} outside the truth log"
     a, b = truth[i - 1], truth[i]
     return float(a[key] + (b[key] - a[key]) * (t - a["t"]) / (b["t"] - a["t"]))

@@ -226,6 +226,7 @@ def test_status_of_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[
         "interval records: 0",
         "last readings: none stored",
         "open alarms: none",
+        "hm1: contract review: no complete hour recorded yet",
     ]
 
 

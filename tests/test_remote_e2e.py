@@ -101,7 +101,16 @@ def start_agent(cfg_path: Path) -> tuple[Agent, asyncio.Task[None]]:
 
 async def stop_agent(agent: Agent, task: asyncio.Task[None]) -> None:
     agent.stopping.set()
-    await asyncio.wait_for(task, 30)
+    done, _ = await asyncio.wait([task], timeout=30)
+    if not done:  # say where it hangs
+        import io
+
+        out = io.StringIO()
+        for t in asyncio.all_tasks():
+            print(f"--- {t.get_name()}", file=out)
+            t.print_stack(file=out)
+        raise AssertionError("the agent did not stop within 30 s:\n" + out.getvalue())
+    task.result()
 
 
 @asynccontextmanager
