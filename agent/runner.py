@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import logging
 import math
@@ -60,6 +61,13 @@ class Channel:
     poll_s: float = 1.0
     stored_ts: float = -math.inf  # time of the last reading kept for the disk
     poll_now: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def release_free_memory() -> None:
+    """Hand the heap freed by imports and start-up back to the OS (glibc malloc_trim):
+    a daemon on a small box should not keep its start-up peak for years."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def record_params(
@@ -233,6 +241,7 @@ class Agent:
             on_message=self.on_message,
             subscriptions=[f"{self.topic}/config/set", f"{self.topic}/cmd"],
         )
+        release_free_memory()
         log.info(
             "dh-agent started: site %s, boot %d, %d devices, period %d s",
             cfg.site.id,
@@ -328,7 +337,13 @@ class Agent:
             self.release_pending = False
             await self.write_limit(self.lparams.default_pct)
         # timestamps: readings before clock sync are held and restamped later
-        for rr, ts, flags in self.stamper.push(r):
+        steps = self.stamper.steps
+        stamped = self.stamper.push(r)
+        if self.stamper.steps != steps:
+            await self.emit_event(
+                {"kind": "clock_step", "step_s": round(self.stamper.last_step_s, 3), "t": r.ts}
+            )
+        for rr, ts, flags in stamped:
             if self.limiting and role == "heat_meter":
                 flags = flags | {"limited"}
             s = to_sample(rr, ts, flags)
@@ -463,6 +478,7 @@ class Agent:
         assert self.store is not None
         while await self.pause(3600):
             done = await self.call(self.store.prune, self.clock.wall())
+            release_free_memory()
             lost = {k: v for k, v in done.items() if k != "samples" and v}
             if lost:
                 await self.emit_event({"kind": "data_pruned", "lost": lost})

@@ -38,6 +38,7 @@ class ReadingStamper:
     dropped_unsynced: int = 0
     dropped_backward: int = 0
     steps: int = 0
+    last_step_s: float = 0.0
     offset: float | None = None
     last_ts: dict[str, float] = field(default_factory=dict)
 
@@ -57,6 +58,7 @@ class ReadingStamper:
         off = r.ts - r.mono
         if self.offset is not None and abs(off - self.offset) > self.step_s:
             self.steps += 1
+            self.last_step_s = off - self.offset
         self.offset = off
         out.append((r, r.ts, NONE))
         placed: list[Stamped] = []

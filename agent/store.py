@@ -393,7 +393,7 @@ class Store:
         c.execute("PRAGMA synchronous=NORMAL")
         c.execute("PRAGMA foreign_keys=OFF")
         c.execute("PRAGMA busy_timeout=30000")
-        c.execute("PRAGMA cache_size=-8000")  # 8 MB page cache
+        c.execute("PRAGMA cache_size=-2000")  # 2 MB page cache (SQLite default): RSS on a small box
         self.schema_version = migrate(c)
         self._zdict: dict[int, bytes] = {
             int(i): bytes(d) for i, d in c.execute("SELECT id, dict FROM zdicts")

@@ -45,7 +45,7 @@ def test_backward_step_never_goes_back_in_time_per_device() -> None:
     assert len(st.push(rd(1001.0, 2.0, True))) == 1
     # the clock steps back 30 s: readings up to the old time are dropped, then flow again
     assert st.push(rd(972.0, 3.0, True)) == []
-    assert st.steps == 1 and st.dropped_backward == 1
+    assert st.steps == 1 and st.dropped_backward == 1 and st.last_step_s == -30.0
     assert st.push(rd(1001.0, 32.0, True)) == []
     assert [ts for _, ts, _ in st.push(rd(1002.0, 33.0, True))] == [1002.0]
     # other devices have their own time line
@@ -56,4 +56,4 @@ def test_forward_step_is_counted_and_kept() -> None:
     st = ReadingStamper()
     st.push(rd(1000.0, 1.0, True))
     out = st.push(rd(4600.0, 2.0, True))
-    assert [ts for _, ts, _ in out] == [4600.0] and st.steps == 1
+    assert [ts for _, ts, _ in out] == [4600.0] and st.steps == 1 and st.last_step_s == 3599.0
