@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import math
-import time
 from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
@@ -29,24 +28,12 @@ from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 
+from drivers.clock_sys import SystemClock
 from drivers.types import Clock
 from simulator.plant import Plant
 from simulator.rtu import RtuResponder
 from simulator.scenarios import ScenarioParams
 from simulator.slaves import FAULT_KINDS, SlaveBank
-
-
-class WallClock:
-    """The system clocks (drivers.types.Clock)."""
-
-    def wall(self) -> float:
-        return time.time()
-
-    def mono(self) -> float:
-        return time.monotonic()
-
-    def synced(self) -> bool:
-        return True
 
 
 class _BankContext(ModbusServerContext):
@@ -108,7 +95,7 @@ class SimServer:
         params: ScenarioParams | None = None,
         watchdog_s: float | None = None,
     ) -> None:
-        self.clock: Clock = clock if clock is not None else WallClock()
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.plant = Plant(scenario, seed, t0=self.clock.wall(), params=params)
         if watchdog_s is not None:
             self.plant.set_watchdog(watchdog_s)

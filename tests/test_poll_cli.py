@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from simulator.layout import devices_toml
+from tests.support.rig import simulator
 
 BIN = Path(sys.executable).parent
 
@@ -21,15 +22,8 @@ def config_text(port: int) -> str:
 
 
 def test_poll_once_prints_one_object_per_device(tmp_path: Path) -> None:
-    sim = subprocess.Popen(
-        [str(BIN / "dh-sim"), "--tcp", "127.0.0.1:0", "--scenario", "steady"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert sim.stdout is not None
-        port = int(json.loads(sim.stdout.readline())["tcp"].rsplit(":", 1)[1])
+    with simulator(tmp_path) as sim:
+        port = sim.port
         cfg = tmp_path / "agent.toml"
         cfg.write_text(config_text(port))
         out = subprocess.run(
@@ -49,6 +43,3 @@ def test_poll_once_prints_one_object_per_device(tmp_path: Path) -> None:
         assert 40 < hm["values"]["supply_c"]["value"] < 130
         assert 0 < objs[1]["values"]["dp_kpa"]["value"] < 400
         assert objs[2]["values"]["limit_pct"]["value"] == 100.0
-    finally:
-        sim.terminate()
-        sim.wait(10)
