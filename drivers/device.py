@@ -302,15 +302,7 @@ class Device:
         self._health = next_health(self._health, ok, mono, self.offline_after, self.offline_after_s)
         if not ok:
             c["polls_failed"] += 1
-            return Reading(
-                device=spec.name,
-                role=spec.role,
-                ts=clock.wall(),
-                mono=mono,
-                synced=clock.synced(),
-                ok=False,
-                error=error,
-            )
+            values = {}
         bad = sum(1 for v in values.values() if v.quality is not Quality.GOOD)
         if bad:
             c["implausible"] += bad
@@ -325,8 +317,9 @@ class Device:
             ts=clock.wall(),
             mono=mono,
             synced=clock.synced(),
-            ok=True,
+            ok=ok,
             values=values,
+            error=error,
         )
 
     async def write(self, name: str, value: float) -> None:
