@@ -29,6 +29,7 @@ from agent.config import load
 from agent.jws import JWSError, chain_hash, thumbprint, verify
 from agent.keys import keygen, load_public
 from agent.runner import Agent
+from agent.web.serve import start_page, stop_page
 from simulator.layout import devices_toml
 from simulator.server import SimServer
 
@@ -262,10 +263,13 @@ async def demo_main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"dh-agent demo: work dir {work}, broker {broker.kind} on port {broker.port}", flush=True)
+    page = None  # the technician's page (dh-agent serve), a process of its own
     try:
         async with SimServer(scenario=args.scenario, seed=1, tcp=("127.0.0.1", 0)) as sim:
             assert sim.tcp_address is not None
             cfg = load(write_config(work, sim.tcp_address, broker.port, args.period_s))
+            page, url = start_page(work / "agent.toml")
+            print(f"dh-agent demo: technician's page {url}", flush=True)
             agent = Agent(cfg)
             head = HeadEnd(broker.port, work / "agent.pub", args.plain)
             t0 = time.monotonic()
@@ -296,6 +300,7 @@ async def demo_main(args: argparse.Namespace) -> int:
             )
             return 0 if head.bad == 0 else 1
     finally:
+        stop_page(page)
         await broker.stop()
 
 

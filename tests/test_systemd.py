@@ -455,3 +455,42 @@ def test_agent_exits_0_soon_after_sigterm(agent_run: AgentRun) -> None:
     print(f"SIGTERM to exit: {agent_run.stop_s:.2f} s")
     assert agent_run.exit_code == 0, f"no exit within {GRACE_S} s of SIGTERM"
     assert agent_run.stop_s < seconds(one("Service", "TimeoutStopSec")) / 2
+
+
+# --- the technician's page: dh-agent-web.socket + dh-agent-web.service ----------------------
+
+WEB_UNIT = REPO / "systemd" / "dh-agent-web.service"
+WEB_SOCKET = REPO / "systemd" / "dh-agent-web.socket"
+
+
+def test_web_units_content() -> None:
+    svc, sock = parse_unit(WEB_UNIT.read_text()), parse_unit(WEB_SOCKET.read_text())
+    s = svc["Service"]
+    assert s["ExecStart"] == [f"{INSTALLED_BIN} serve --config /etc/dh-agent/agent.toml"]
+    assert s["User"] == ["dh-agent"] and "StateDirectory" not in s  # reads, never owns
+    assert "ReadWritePaths" not in s and s["ProtectSystem"] == ["strict"]
+    # the socket comes from systemd: no network of its own, no serial ports
+    assert s["PrivateNetwork"] == ["yes"] and s["RestrictAddressFamilies"] == ["AF_UNIX"]
+    assert s["PrivateDevices"] == ["yes"] and s["MemoryDenyWriteExecute"] == ["yes"]
+    assert svc["Unit"]["Requires"] == ["dh-agent-web.socket"]
+    assert sock["Socket"]["ListenStream"] == ["127.0.0.1:8080"]  # local unless configured
+    assert sock["Socket"]["Accept"] == ["no"]
+    assert sock["Install"]["WantedBy"] == ["sockets.target"]
+
+
+@needs_analyze
+def test_web_units_verify_clean(tmp_path: Path) -> None:
+    for unit_file in (WEB_UNIT, WEB_SOCKET):
+        (tmp_path / unit_file.name).write_text(
+            unit_file.read_text().replace(INSTALLED_BIN, str(BIN / "dh-agent"))
+        )
+    r = run_analyze("verify", str(tmp_path / WEB_UNIT.name), str(tmp_path / WEB_SOCKET.name))
+    assert r.returncode == 0 and (r.stdout + r.stderr).strip() == "", r.stdout + r.stderr
+
+
+@needs_analyze
+def test_web_security_exposure_at_most_2() -> None:
+    r = run_analyze("security", "--offline=true", str(WEB_UNIT))
+    score = parse_exposure(r.stdout + r.stderr)
+    print(f"dh-agent-web.service exposure: {score}")
+    assert score <= MAX_EXPOSURE, r.stdout

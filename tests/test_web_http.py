@@ -8,13 +8,16 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.rig import BIN, free_port, wait_until
 from tests.web_support import SITE, Server, SiteData, get, make_site, raw, serve, status_of
 
 
@@ -196,3 +199,43 @@ def test_basic_auth(tmp_path: Path) -> None:
             assert secret not in body
         assert get(srv.port, "/nope", basic("tech", secret))[0] == 404
         assert srv.proc.poll() is None
+
+
+ACTIVATE = shutil.which("systemd-socket-activate")
+
+
+@pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate not installed")
+def test_socket_activation_serves_and_exits_when_idle(tmp_path: Path) -> None:
+    """As dh-agent-web.socket runs it: systemd listens, starts the server on the first
+    connection with the socket as fd 3 (LISTEN_FDS/LISTEN_PID); the server exits after
+    [web] idle_exit_s without a request."""
+    assert ACTIVATE is not None
+    s = make_site(tmp_path / "a", web="[web]\nidle_exit_s = 3\n")
+    port = free_port()
+    log = (tmp_path / "activate.log").open("wb")
+    proc = subprocess.Popen(
+        [ACTIVATE, "-l", f"127.0.0.1:{port}", str(BIN / "dh-agent"), "serve",
+         "--config", str(s.config)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: can_connect_raw(port), 30)
+        code, _, body = get(port, "/")
+        assert code == 200 and 'data-device="hm1"' in body
+        assert get(port, "/nope")[0] == 404
+        assert proc.wait(30) == 0  # idle for 3 s: exits by itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+    text = (tmp_path / "activate.log").read_text()
+    assert "idle for" in text and "Traceback" not in text, text
+
+
+def can_connect_raw(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    except OSError:
+        return False
+    return True

@@ -1,9 +1,13 @@
 """The page's read-only view of the agent's store (SQLite, opened ``mode=ro``).
 
 Never migrates, never writes: the connection is opened through a ``file:...?mode=ro`` URI
-and ``PRAGMA query_only`` is set on top. The schema is the agent's (agent/store.py);
-messages are decoded here without importing the store module (its sqlite-utils import
-would cost the page server memory at rest): a stored message is either the compact JWS
+and ``PRAGMA query_only`` is set on top. Under the systemd unit the state folder is
+mounted read-only: while the agent runs, SQLite reads its WAL through the existing
+``-shm`` file; when the agent has stopped (no ``-wal``/``-shm`` left, none can be made)
+the file is opened ``immutable=1`` for one query at a time.
+
+The schema is the agent's (agent/store.py); messages are decoded here without importing
+the store module (its sqlite-utils import would cost the page server memory at rest): a stored message is either the compact JWS
 (codec 0) or the raw-deflated envelope with the store's preset dictionary (codec 1).
 
 All methods run on one thread (the server's ``db`` executor); none is called from the
@@ -62,23 +66,26 @@ class StoreReader:
         self.path = path
         self.conn: sqlite3.Connection | None = None
         self.zdict = b""
+        self.immutable = False
 
     def _open(self) -> sqlite3.Connection | None:
         if self.conn is not None:
             return self.conn
         if not self.path.exists():
             return None
-        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
-        try:
-            c = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
-            c.execute("PRAGMA query_only=ON")
-            c.execute("PRAGMA cache_size=-1000")  # 1 MB: memory at rest on a small box
-            row = c.execute("SELECT dict FROM zdicts WHERE id = 1").fetchone()
-        except sqlite3.Error:
-            return None
-        self.zdict = bytes(row[0]) if row else b""
-        self.conn = c
-        return c
+        base = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        for uri, immutable in ((base, False), (base + "&immutable=1", True)):
+            try:
+                c = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
+                c.execute("PRAGMA query_only=ON")
+                c.execute("PRAGMA cache_size=-1000")  # 1 MB: memory at rest on a small box
+                row = c.execute("SELECT dict FROM zdicts WHERE id = 1").fetchone()
+            except sqlite3.Error:
+                continue
+            self.zdict = bytes(row[0]) if row else b""
+            self.conn, self.immutable = c, immutable
+            return c
+        return None
 
     def close(self) -> None:
         if self.conn is not None:
@@ -94,6 +101,9 @@ class StoreReader:
         except sqlite3.Error:
             self.close()  # e.g. the file was replaced: reopen on the next call
             return []
+        finally:
+            if self.immutable:  # a snapshot of a stopped agent's file: look again next time
+                self.close()
 
     def meta(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self._rows("SELECT key, value FROM meta")}

@@ -74,7 +74,8 @@ def agent_line(snap: Mapping[str, Any] | None, state: str, now: float) -> str:
         return '<p class="state missing" id="agent-state">Agent not running (no live data).</p>'
     txt = "live" if state == "live" else "STALE: the agent has not written for a while"
     return (
-        f'<p class="state {e(state)}" id="agent-state">Agent {e(txt)} '
+        f'<p class="state {e(state)}" id="agent-state" data-written="{e(snap.get("written"))}">'
+        f"Agent {e(txt)} "
         f"(written {e(ago(snap.get('written'), now))}).</p>"
     )
 

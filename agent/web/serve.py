@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -124,4 +125,25 @@ def run_serve(cfg: Config, listen: str | None, idle_exit_s: float | None = None)
         return 2
 
 
-__all__ = ["Path", "run_serve", "serve", "split_listen", "systemd_sockets"]
+def start_page(config: Path, host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], str]:
+    """`dh-agent serve` as a child process on a free port (for `dh-agent demo`)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = int(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "agent.cli", "serve", "--config", str(config),
+           "--listen", f"{host}:{port}"]  # fmt: skip
+    log = (config.parent / "web.log").open("ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return proc, f"http://{host}:{port}/"
+
+
+def stop_page(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
