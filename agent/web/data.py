@@ -7,8 +7,9 @@ mounted read-only: while the agent runs, SQLite reads its WAL through the existi
 the file is opened ``immutable=1`` for one query at a time.
 
 The schema is the agent's (agent/store.py); messages are decoded here without importing
-the store module (its sqlite-utils import would cost the page server memory at rest): a stored message is either the compact JWS
-(codec 0) or the raw-deflated envelope with the store's preset dictionary (codec 1).
+the store module (its sqlite-utils import would cost the page server memory at rest): a
+stored message is either the compact JWS (codec 0) or the raw-deflated envelope with the
+store's preset dictionary (codec 1).
 
 All methods run on one thread (the server's ``db`` executor); none is called from the
 event loop. A missing or unreadable database gives empty results, never an exception
