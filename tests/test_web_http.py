@@ -94,6 +94,14 @@ def test_plots_have_one_point_per_record(server: Server, site: SiteData) -> None
     assert 'data-ref="supply min" data-value="65"' in body
 
 
+def test_plots_shorter_span(server: Server, site: SiteData) -> None:
+    now = time.time()
+    code, _, body = get(server.port, "/plots?hours=2")
+    want = sum(1 for k in range(1, 61) if site.now_hour - k * 3600 + 1800 >= now - 7200)
+    assert code == 200
+    assert f'data-series="flow_avg_m3h" data-points="{want}"' in body
+
+
 def test_events_advice_devices(server: Server) -> None:
     _, _, ev = get(server.port, "/events")
     assert 'data-kind="dp_low"' in ev and 'data-kind="flow_limit_enforced"' in ev
@@ -124,6 +132,8 @@ BAD = [
     (b"GET http://evil.example/ HTTP/1.1\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", 400),
     (b"GET /%ff%fe HTTP/1.1\r\n\r\n", 400),
+    (b"GET /plots?hours=1000 HTTP/1.1\r\n\r\n", 400),
+    (b"GET /plots?hours=nan HTTP/1.1\r\n\r\n", 400),
     (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n", 431),
     (b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 200 + b"\r\n", 431),

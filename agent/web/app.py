@@ -15,7 +15,7 @@ from agent import advice, snapshot
 from agent.config import Config
 from agent.web import charts, pages
 from agent.web.data import StoreReader
-from agent.web.http import Request, Response, error_response
+from agent.web.http import HttpError, Request, Response, error_response
 
 T = TypeVar("T")
 PLOT_HOURS = 48
@@ -35,6 +35,19 @@ def public_device(d: Any) -> dict[str, Any]:
     out["unit"] = d.unit
     out["poll_s"] = d.poll_s
     return out
+
+
+def plot_hours(values: list[str] | None) -> float:
+    """The ``hours`` query of /plots: 0.1..48 (default 48); anything else is a 400."""
+    if not values:
+        return float(PLOT_HOURS)
+    try:
+        h = float(values[0])
+    except ValueError:
+        raise HttpError(400, "hours: a number 0.1..48") from None
+    if not 0.1 <= h <= PLOT_HOURS:
+        raise HttpError(400, "hours: a number 0.1..48")
+    return h
 
 
 class WebApp:
@@ -100,11 +113,11 @@ class WebApp:
             return snap_off, state
         return snap, state
 
-    def _plots(self) -> tuple[list[Any], float, float, int]:
+    def _plots(self, hours: float) -> tuple[list[Any], float, float, int]:
         snap, _ = self._snapshot()
         contract, delivery = self._terms(snap)
         t1 = self.clock()
-        t0 = t1 - PLOT_HOURS * 3600
+        t0 = t1 - hours * 3600
         plots, count = [], 0
         for d in self.cfg.devices:
             recs = self.reader.intervals(d.name, t0 - self.cfg.site.period_s, t1)
@@ -140,8 +153,9 @@ class WebApp:
         return Response(200, body)
 
     async def plots(self, req: Request) -> Response:
-        plots, t0, t1, count = await self.call(self._plots)
-        return Response(200, pages.plots_page(self.site, plots, t0, t1, count))
+        hours = plot_hours(req.query.get("hours"))
+        plots, t0, t1, count = await self.call(self._plots, hours)
+        return Response(200, pages.plots_page(self.site, plots, t0, t1, count, hours))
 
     async def events(self, req: Request) -> Response:
         since = self.clock() - EVENT_DAYS * 86400

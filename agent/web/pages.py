@@ -203,12 +203,22 @@ def overview(
 # --- other pages ------------------------------------------------------------------------------
 
 
-def plots_page(site: str, plots: Sequence[svg.Plot], t0: float, t1: float, count: int) -> bytes:
+SPANS = ((48.0, "48 h"), (12.0, "12 h"), (2.0, "2 h"), (0.25, "15 min"))
+
+
+def plots_page(
+    site: str, plots: Sequence[svg.Plot], t0: float, t1: float, count: int, hours: float = 48.0
+) -> bytes:
+    links = " · ".join(
+        f"<b>{label}</b>" if h == hours else f'<a href="/plots?hours={h:g}">{label}</a>'
+        for h, label in SPANS
+    )
     parts = [
+        f'<p class="spans">{links}</p>',
         f'<p class="muted">{e(when(t0))} → {e(when(t1))}, {count} interval records. '
         'Shaded: <span class="key no_data">no data</span>, hatched: '
         '<span class="key interpolated">interpolated</span>; dashed lines: contract and '
-        "delivery terms.</p>"
+        "delivery terms.</p>",
     ]
     for i, p in enumerate(plots):
         legend = "".join(f'<span class="key {e(s.css)}">{e(s.label)}</span>' for s in p.series)
@@ -219,8 +229,8 @@ def plots_page(site: str, plots: Sequence[svg.Plot], t0: float, t1: float, count
             f"</figcaption>{svg.render(p, f'p{i}')}</figure>"
         )
     if not plots:
-        parts.append("<p>No interval records in the last 48 hours.</p>")
-    return page("Plots, last 48 hours", site, "/plots", "".join(parts))
+        parts.append("<p>No interval records in this time span.</p>")
+    return page("Plots", site, "/plots", "".join(parts))
 
 
 EVENT_SKIP = ("kind", "time", "device")
