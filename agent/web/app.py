@@ -4,6 +4,8 @@ worker thread and hand it to the pure page builders. Nothing here writes anythin
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +23,20 @@ T = TypeVar("T")
 PLOT_HOURS = 48
 EVENT_DAYS = 7
 ADVICE_CACHE_S = 600.0
+
+
+def release_free_memory() -> None:
+    """Give the heap a page's work freed back to the OS (glibc malloc_trim): the server sits
+    idle between a technician's visits and should not keep the peak of a year's advice."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def trimmed(fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return fn(*args)
+    finally:
+        release_free_memory()
 
 
 def public_device(d: Any) -> dict[str, Any]:
@@ -70,7 +86,7 @@ class WebApp:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.db, functools.partial(fn, *args))
+        return await loop.run_in_executor(self.db, functools.partial(trimmed, fn, *args))
 
     async def handle(self, req: Request) -> Response:
         route = self.routes.get(req.path)
