@@ -22,7 +22,30 @@ from drivers.mbus_app import (
     Telegram,
     decode_user_data,
 )
-from drivers.mbus_frame import Ack, Frame, MbusFrameError, parse_frame
+from drivers.mbus_frame import (
+    ADDR_BROADCAST,
+    ADDR_SELECTED,
+    ADDR_TEST,
+    C_FCB,
+    C_FCV,
+    C_REQ_UD2,
+    C_REQ_UD2_FCB,
+    C_SND_NKE,
+    C_SND_UD,
+    C_SND_UD_FCB,
+    CI_SELECT,
+    Ack,
+    Frame,
+    MbusFrameError,
+    frame_length,
+    long_frame,
+    parse_frame,
+    req_ud2,
+    select_secondary,
+    select_secondary_data,
+    short_frame,
+    snd_nke,
+)
 
 DATA = Path(__file__).parent / "data" / "mbus"
 
@@ -315,3 +338,81 @@ def test_sources_and_meter_count() -> None:
     assert len(WMBUS["frames"]) == 3 and len(PYMBUS["frames"]) >= 3
     sources = {LIBMBUS["source"], WMBUS["source"], PYMBUS["source"]}
     assert len(sources) == 3
+
+
+# --- link layer (EN 13757-2) ---------------------------------------------------------------
+
+
+def test_short_frame_and_its_checksum() -> None:
+    assert short_frame(C_REQ_UD2, 1) == bytes.fromhex("105B015C16")
+    assert snd_nke(0xFE) == bytes.fromhex("1040FE3E16")
+    assert req_ud2(5, fcb=True) == bytes.fromhex("107B058016")
+    f = parse_frame(bytes.fromhex("105B015C16"))
+    assert f == Frame(c=0x5B, a=1) and not f.is_long
+
+
+def test_ack_and_control_frame() -> None:
+    assert parse_frame(b"\xe5") == Ack()
+    # pyMeterBus tests/test_control_frame.py: a control frame (L = 3, no data)
+    f = parse_frame(bytes.fromhex("68 03 03 68 08 0B 72 85 16"))
+    assert f == Frame(c=0x08, a=0x0B, ci=0x72, data=b"")
+    assert long_frame(0x08, 0x0B, 0x72) == bytes.fromhex("68 03 03 68 08 0B 72 85 16")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "cut short"),
+        ("6803", "cut short"),
+        ("10 5B 01 5C", "cut short"),
+        ("10 5B 01 5D 16", "checksum"),
+        ("10 5B 01 5C 17", "missing stop"),
+        ("68 03 04 68 08 0B 72 85 16", "length mismatch"),
+        ("68 02 02 68 08 0B 13 16", "too small"),
+        ("68 03 03 67 08 0B 72 85 16", "second start"),
+        ("68 03 03 68 08 0B 72 85 16 16", "trailing"),
+        ("42", "bad start"),
+    ],
+)
+def test_bad_frames_say_why(raw: str, reason: str) -> None:
+    with pytest.raises(MbusFrameError, match=reason):
+        parse_frame(bytes.fromhex(raw))
+
+
+def test_frame_length_tells_a_reader_when_a_frame_is_whole() -> None:
+    whole = bytes.fromhex(LIBMBUS["frames"][0]["hex"])
+    assert frame_length(b"") is None
+    assert frame_length(whole[:2]) is None
+    assert frame_length(whole[:3]) == len(whole)
+    assert frame_length(b"\xe5") == 1
+    assert frame_length(b"\x10") == 5
+    with pytest.raises(MbusFrameError, match="bad start"):
+        frame_length(b"\x00\x68")
+
+
+def test_secondary_select_with_wildcards() -> None:
+    # ID 12345678 -> 78 56 34 12; wildcard manufacturer, version, medium
+    assert select_secondary_data("12345678") == bytes.fromhex("78563412FFFFFFFF")
+    assert select_secondary_data("1FFFFFFF", man=0x2C2D, ver=0x34, med=4) == bytes.fromhex(
+        "FFFFFF1F2D2C3404"
+    )
+    f = parse_frame(select_secondary("12345678"))
+    sel = bytes.fromhex("78563412FFFFFFFF")
+    assert f == Frame(c=C_SND_UD, a=ADDR_SELECTED, ci=CI_SELECT, data=sel)
+    # pyMeterBus tests/test_serial.py test_send_select_frame: "00000001DADAFA1B" (FCB set)
+    data = select_secondary_data("00000001", man=0xDADA, ver=0xFA, med=0x1B)
+    assert long_frame(C_SND_UD_FCB, ADDR_SELECTED, CI_SELECT, data) == bytes.fromhex(
+        "680b0b6873fd5201000000dadafa1b8c16"
+    )
+    with pytest.raises(ValueError, match="8 digits"):
+        select_secondary_data("1234567")
+    with pytest.raises(ValueError, match="8 digits"):
+        select_secondary_data("1234567A")
+
+
+def test_rsp_ud_with_acd_and_dfc_bits() -> None:
+    for c in (0x08, 0x18, 0x28, 0x38):
+        assert Frame(c=c, a=1, ci=0x72).is_rsp_ud()
+    assert not Frame(c=0x53, a=1, ci=0x52).is_rsp_ud()
+    assert C_REQ_UD2 | C_FCB == C_REQ_UD2_FCB and C_REQ_UD2 & C_FCV
+    assert (ADDR_TEST, ADDR_BROADCAST, C_SND_NKE, C_SND_UD_FCB) == (254, 255, 0x40, 0x73)
