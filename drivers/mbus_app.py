@@ -194,7 +194,7 @@ def _decode_record(data: bytes, i: int) -> tuple[Record, int]:
         ext = data[i] & 0x80
         i += 1
     try:
-        meaning = describe(vif, vifes)
+        meaning = describe(vif, tuple(vifes))
     except VifError as e:
         raise MbusDecodeError(f"{e} in the record at byte {start}") from None
     info = meaning.info
@@ -316,7 +316,7 @@ def encode_record(rec: Record) -> bytes:
         vifes[k] = (vifes[k] & 0x7F) | (0x80 if k < len(vifes) - 1 else 0)
     out += bytes(vifes)
     try:
-        info = describe(vif, vifes).info
+        info = describe(vif, tuple(vifes)).info
         out += encode_value(dtype, rec.value, info)
     except (VifError, CodecError) as e:
         raise ValueError(f"cannot encode {rec.quantity} record: {e}") from None
