@@ -88,6 +88,8 @@ def numeric_record(draw: st.DrawFn) -> tuple[Record, float, Kind]:
     if family == "int":
         dtype = draw(st.sampled_from(sorted(INT_TYPES)))
         bits = 8 * INT_TYPES[dtype]
+        if k.exp < 0:  # the value is a float then: keep the raw number within its 53 bits
+            bits = min(bits, 53)
         raw = draw(st.integers(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1))
     elif family == "bcd":
         dtype = draw(st.sampled_from(sorted(BCD_TYPES)))
@@ -317,3 +319,24 @@ def test_a_frame_failing_its_checksum_never_yields_values() -> None:
                 assert "checksum" in str(e)
             else:
                 raise AssertionError("a frame with a wrong checksum was decoded")
+
+
+# bytes that steer the decoder into its rarer paths: extensions, LVAR, specials
+SPECIAL = (0x0D, 0x8D, 0x0F, 0x1F, 0x2F, 0x7C, 0xFC, 0x7F, 0xFF, 0xFB, 0xFD, 0x6C, 0x6D)
+LVARS = (0x80, 0xBF, 0xC0, 0xC5, 0xD0, 0xD3, 0xE0, 0xEF, 0xF0, 0xF4, 0xF5, 0xF6, 0xF7)
+TRICKY = st.sampled_from((*SPECIAL, *LVARS, 0x05, 0x0E, 0x09))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    ci=st.sampled_from((0x72, 0x7A, 0x78, 0x70, 0x73)),
+    data=st.lists(st.one_of(TRICKY, st.integers(0, 255)), max_size=120).map(bytes),
+)
+def test_random_user_data_raises_only_decode_errors(ci: int, data: bytes) -> None:
+    try:
+        t = decode_user_data(ci, data)
+    except MbusDecodeError:  # MbusApplicationError is one too
+        return
+    assert 2 * len(t.records) <= len(data)
+    for r in t.records:
+        assert r.raw and r.raw in data
