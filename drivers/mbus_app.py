@@ -295,7 +295,7 @@ def encode_record(rec: Record) -> bytes:
         difes[k] |= 0x80
     dif = dtype | FUNCTIONS.index(rec.function) << 4 | (rec.storage & 1) << 6
     dif |= 0x80 if difes else 0
-    vif = rec.vif | (0x80 if rec.vifes else 0)
+    vif = (rec.vif & 0x7F) | (0x80 if rec.vifes else 0)
     out = bytearray((dif, *difes, vif))
     if vif & 0x7F == 0x7C:
         text = rec.unit.encode("latin-1")[::-1]
@@ -345,12 +345,14 @@ def make_record(
     function: str = "instantaneous",
     unit: str = "",
 ) -> Record:
-    """A complete Record (quantity, unit, raw) for ``value`` given in SI units, e.g.
-    ``make_record(0x4, 0x06, 12345)`` for energy 12345 kWh as int32 in kWh units
-    (value in Wh: 12345000). ``unit`` is only used for a plain-text VIF."""
+    """A complete Record (quantity, unit, raw) for ``value`` given in the record's SI
+    unit: ``make_record(0x4, 0x06, 12_345_000)`` is 12345 kWh sent as a 32-bit integer
+    with VIF 06h (kWh resolution), the value given in Wh. ``vif`` without its
+    extension bit, or 0xFD/0xFB with the extension code in ``vifes``; ``unit`` is only
+    used by a plain-text VIF (0x7C)."""
     proto = Record(
         dif=data_type & 0x0F,
-        vif=vif & 0x7F if not vifes else vif,
+        vif=vif,
         storage=storage,
         tariff=tariff,
         subunit=subunit,
@@ -364,5 +366,6 @@ def make_record(
     )
     raw = encode_record(proto)
     rec, end = _decode_record(raw, 0)
-    assert end == len(raw)
+    if end != len(raw):
+        raise ValueError(f"record {raw.hex()} did not decode to its own length")
     return rec
