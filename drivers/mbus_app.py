@@ -19,7 +19,7 @@ from drivers.mbus_codec import (
     encode_value,
     lvar_length,
 )
-from drivers.mbus_vif import VifError, describe
+from drivers.mbus_vif import VifError, describe, describe_tuple
 
 CI_LONG = 0x72
 CI_SHORT = 0x7A
@@ -174,7 +174,7 @@ def _decode_record(data: bytes, i: int) -> tuple[Record, int]:
     dif = data[i]
     if dif & 0x0F == 0x0F:
         raise MbusDecodeError(f"reserved special DIF 0x{dif:02X} at byte {start}")
-    difes, i = _chain(data, i + 1, dif, "DIFE", start)
+    difes, i = _chain(data, i + 1, dif, "DIFE", start) if dif & 0x80 else ([], i + 1)
     storage = (dif >> 6) & 0x01
     tariff = subunit = 0
     for k, dife in enumerate(difes):
@@ -189,10 +189,10 @@ def _decode_record(data: bytes, i: int) -> tuple[Record, int]:
         text, i = _plain_text(data, i + 1, start)
     else:
         i += 1
-    vifes, i = _chain(data, i, vif, "VIFE", start)
+    vifes, i = _chain(data, i, vif, "VIFE", start) if vif & 0x80 else ([], i)
     dtype = dif & 0x0F
     try:
-        meaning = describe(vif, tuple(vifes))
+        meaning = describe_tuple(vif, tuple(vifes))
         size = lvar_length(data, i) if dtype == 0x0D else _SIZES[dtype]
         if i + size > n:
             raise MbusDecodeError(

@@ -45,16 +45,18 @@ def lvar_length(data: bytes, i: int) -> int:
     raise CodecError(f"reserved LVAR 0x{lv:02X}")
 
 
+_P10 = tuple(10**k for k in range(40))
+
+
 def _p10(n: int) -> int:
-    return int(10**n)
+    return _P10[n] if 0 <= n < 40 else int(10**n)
 
 
 def _scale(raw: int | float, info: VifInfo) -> int | float:
-    if isinstance(raw, int) and info.exp >= 0:
-        return raw * info.factor * _p10(info.exp)
-    if info.exp >= 0:
-        return float(raw) * info.factor * _p10(info.exp)
-    return raw * info.factor / _p10(-info.exp)
+    exp = info.exp
+    if exp >= 0:
+        return raw * (info.factor * _p10(exp))  # int stays int, float stays float
+    return raw * info.factor / _p10(-exp)
 
 
 def _unscale(value: object, info: VifInfo) -> int:

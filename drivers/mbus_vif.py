@@ -290,11 +290,11 @@ def combine(info: VifInfo, vifes: Sequence[int]) -> VifResult:
 def describe(vif: int, vifes: Sequence[int]) -> VifResult:
     """The meaning of a VIF and its VIFEs (plain-text VIFs are handled by the caller).
     Cached: a meter sends the same few VIF chains in every telegram."""
-    return _describe(vif, tuple(vifes))
+    return describe_tuple(vif, tuple(vifes))
 
 
 @functools.lru_cache(maxsize=1024)
-def _describe(vif: int, vifes: tuple[int, ...]) -> VifResult:
+def describe_tuple(vif: int, vifes: tuple[int, ...]) -> VifResult:
     if len(vifes) > MAX_VIFES:
         raise VifError(f"too many VIFEs ({len(vifes)} > {MAX_VIFES})")
     code = vif & 0x7F
