@@ -3,9 +3,10 @@
 ``decode_us``: median time to decode one real ~250-byte RSP_UD (a Kamstrup MULTICAL 601
 frame published with libmbus, 253 bytes, 27 records and a manufacturer block): link
 checks (``parse_frame``) plus the EN 13757-3 records (``decode_user_data``) into scaled
-records. Target <= 300 us on the gateway class of machine. As a same-run baseline,
+records; the issue's target is <= 300 us on the development machine. As a same-run baseline,
 ``walk_us`` is a bare loop that only steps over the records (DIF, DIFEs, VIF, VIFEs,
-data length: no values, no objects); ``decode_ratio`` = decode_us / walk_us.
+data length: no values, no objects), timed in alternating rounds with the decoder;
+``decode_ratio`` = the median over the rounds of decode / walk.
 
 ``measure_decode`` is a function so that other M-Bus figures (requests per poll, line
 overhead) can join the same last line.
@@ -64,13 +65,13 @@ def walk(data: bytes) -> int:
     return count
 
 
-def _median_us(fn: Any, repeats: int) -> float:
+def _times_us(fn: Any, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter_ns()
         fn()
-        times.append(time.perf_counter_ns() - t0)
-    return statistics.median(times) / 1000.0
+        times.append((time.perf_counter_ns() - t0) / 1000.0)
+    return times
 
 
 def measure_decode(frame: bytes = MULTICAL_601, repeats: int = 3000) -> dict[str, float]:
@@ -92,12 +93,24 @@ def measure_decode(frame: bytes = MULTICAL_601, repeats: int = 3000) -> dict[str
     for _ in range(200):  # warm up
         full()
         bare()
-    decode_us = _median_us(full, repeats)
-    walk_us = _median_us(bare, repeats)
+    # alternate in rounds so a busy moment of the machine hits both alike
+    rounds = 10
+    per = max(1, repeats // rounds)
+    full_t: list[float] = []
+    bare_t: list[float] = []
+    ratios = []
+    for _ in range(rounds):
+        f_us = _times_us(full, per)
+        b_us = _times_us(bare, per)
+        full_t += f_us
+        bare_t += b_us
+        ratios.append(statistics.median(f_us) / statistics.median(b_us))
+    decode_us = statistics.median(full_t)
+    walk_us = statistics.median(bare_t)
     return {
         "decode_us": round(decode_us, 1),
         "walk_us": round(walk_us, 1),
-        "decode_ratio": round(decode_us / walk_us, 2),
+        "decode_ratio": round(statistics.median(ratios), 2),
         "frame_bytes": len(frame),
         "records": len(t.records),
     }
