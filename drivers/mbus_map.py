@@ -66,22 +66,35 @@ TARGET_UNITS: dict[str, str] = {
     "return_c": "C",
     "delta_t_c": "K",
 }
-_FACTORS: dict[str, dict[str, float]] = {
+# value in target = value * mul / div (a division keeps Wh -> kWh correctly rounded)
+_FACTORS: dict[str, dict[str, tuple[float, float]]] = {
     "kWh": {
-        "Wh": 1e-3,
-        "kWh": 1.0,
-        "MWh": 1e3,
-        "GWh": 1e6,
-        "J": 1 / 3.6e6,
-        "kJ": 1 / 3.6e3,
-        "MJ": 1 / 3.6,
-        "GJ": 1e3 / 3.6,
+        "Wh": (1, 1000),
+        "kWh": (1, 1),
+        "MWh": (1000, 1),
+        "GWh": (1_000_000, 1),
+        "J": (1, 3_600_000),
+        "kJ": (1, 3600),
+        "MJ": (1, 3.6),
+        "GJ": (1000, 3.6),
     },
-    "m3": {"m3": 1.0, "l": 1e-3},
-    "m3/h": {"m3/h": 1.0, "l/h": 1e-3, "m3/min": 60.0, "l/min": 0.06, "m3/s": 3600.0},
-    "kW": {"W": 1e-3, "kW": 1.0, "MW": 1e3, "J/h": 1 / 3.6e6, "GJ/h": 1e3 / 3.6},
-    "C": {"C": 1.0},
-    "K": {"K": 1.0, "C": 1.0},
+    "m3": {"m3": (1, 1), "l": (1, 1000)},
+    "m3/h": {
+        "m3/h": (1, 1),
+        "l/h": (1, 1000),
+        "m3/min": (60, 1),
+        "l/min": (60, 1000),
+        "m3/s": (3600, 1),
+    },
+    "kW": {
+        "W": (1, 1000),
+        "kW": (1, 1),
+        "MW": (1000, 1),
+        "J/h": (1, 3_600_000),
+        "GJ/h": (1000, 3.6),
+    },
+    "C": {"C": (1, 1)},
+    "K": {"K": (1, 1), "C": (1, 1)},
 }
 FUNCTIONS = ("instantaneous", "maximum", "minimum")
 STATUS_BITS = 0x1F  # the standard bits of the status byte
@@ -278,7 +291,10 @@ def _matches(r: Record, s: Select) -> bool:
 def convert(value: float, unit: str, target: str) -> float | None:
     """``value`` in ``unit`` expressed in ``target``; None when not convertible."""
     f = _FACTORS.get(target, {}).get(unit)
-    return None if f is None else value * f
+    if f is None:
+        return None
+    mul, div = f
+    return value * mul / div
 
 
 def _flag_bits(t: Telegram, profile: MbusProfile) -> tuple[int, set[str]]:
