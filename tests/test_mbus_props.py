@@ -124,9 +124,9 @@ def other_record(draw: st.DrawFn) -> tuple[Record, Any, Kind]:
     choice = draw(st.sampled_from(("date", "datetime", "datetime_s", "text", "none", "plain")))
     if choice == "plain":  # plain-text VIF: the unit travels as text
         unit = draw(st.text("abcdefghijklmnopqrstuvwxyzRH%/3", min_size=1, max_size=8))
-        value = draw(st.integers(-32768, 32767))
-        rec = Record(0x2, 0x7C, 0, 0, 0, "instantaneous", "plain_text", value, unit, False, b"")
-        return rec, value, Kind(0x7C, (), "plain_text", unit, 0)
+        number = draw(st.integers(-32768, 32767))
+        rec = Record(0x2, 0x7C, 0, 0, 0, "instantaneous", "plain_text", number, unit, False, b"")
+        return rec, number, Kind(0x7C, (), "plain_text", unit, 0)
     if choice == "date":
         y, m, d = draw(st.integers(2000, 2127)), draw(st.integers(1, 12)), draw(st.integers(1, 28))
         dtype, vif, value, kind = (
