@@ -175,12 +175,7 @@ def _decode_record(data: bytes, i: int) -> tuple[Record, int]:
     if dif & 0x0F == 0x0F:
         raise MbusDecodeError(f"reserved special DIF 0x{dif:02X} at byte {start}")
     difes, i = _chain(data, i + 1, dif, "DIFE", start) if dif & 0x80 else ([], i + 1)
-    storage = (dif >> 6) & 0x01
-    tariff = subunit = 0
-    for k, dife in enumerate(difes):
-        storage |= (dife & 0x0F) << (1 + 4 * k)
-        tariff |= ((dife >> 4) & 0x03) << (2 * k)
-        subunit |= ((dife >> 6) & 0x01) << k
+    storage, tariff, subunit = _dife_fields(difes, dif)
     if i >= n:
         raise MbusDecodeError(f"cut short before the VIF of the record at byte {start}")
     vif = data[i]
@@ -270,6 +265,37 @@ def decode_user_data(ci: int, data: bytes) -> Telegram:
 # --- encoding --------------------------------------------------------------------------
 
 
+def _dife_fields(difes: Sequence[int], dif: int) -> tuple[int, int, int]:
+    storage = (dif >> 6) & 0x01
+    tariff = subunit = 0
+    for k, dife in enumerate(difes):
+        storage |= (dife & 0x0F) << (1 + 4 * k)
+        tariff |= ((dife >> 4) & 0x03) << (2 * k)
+        subunit |= ((dife >> 6) & 0x01) << k
+    return storage, tariff, subunit
+
+
+def _encode_difes(rec: Record) -> list[int]:
+    """The record's own DIFE chain when it says the same (meters pad with 00), else the
+    shortest chain for its storage, tariff and subunit."""
+    fields = (rec.storage, rec.tariff, rec.subunit)
+    if rec.difes and _dife_fields(rec.difes, (rec.storage & 1) << 6) == fields:
+        difes = [d & 0x7F for d in rec.difes]
+    else:
+        difes = []
+        storage, tariff, subunit = rec.storage >> 1, rec.tariff, rec.subunit
+        while storage or tariff or subunit:
+            difes.append((storage & 0x0F) | (tariff & 0x03) << 4 | (subunit & 0x01) << 6)
+            storage >>= 4
+            tariff >>= 2
+            subunit >>= 1
+    if len(difes) > MAX_DIFES:
+        raise ValueError("storage/tariff/subunit too large for 10 DIFEs")
+    for k in range(len(difes) - 1):
+        difes[k] |= 0x80
+    return difes
+
+
 def encode_record(rec: Record) -> bytes:
     """The bytes of ``rec`` from its fields (dif data type, function, storage, tariff,
     subunit, vif, vifes, unit for plain text, value in SI units); ``raw`` is ignored."""
@@ -280,19 +306,7 @@ def encode_record(rec: Record) -> bytes:
     dtype = rec.dif & 0x0F
     if dtype == 0x0F:
         raise ValueError("DIF 0x0F/0x1F/0x2F are not records")
-    difes: list[int] = []
-    storage = rec.storage >> 1
-    tariff = rec.tariff
-    subunit = rec.subunit
-    while storage or tariff or subunit:
-        difes.append((storage & 0x0F) | (tariff & 0x03) << 4 | (subunit & 0x01) << 6)
-        storage >>= 4
-        tariff >>= 2
-        subunit >>= 1
-    if len(difes) > MAX_DIFES:
-        raise ValueError("storage/tariff/subunit too large for 10 DIFEs")
-    for k in range(len(difes) - 1):
-        difes[k] |= 0x80
+    difes = _encode_difes(rec)
     dif = dtype | FUNCTIONS.index(rec.function) << 4 | (rec.storage & 1) << 6
     dif |= 0x80 if difes else 0
     vif = (rec.vif & 0x7F) | (0x80 if rec.vifes else 0)

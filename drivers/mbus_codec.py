@@ -179,9 +179,9 @@ def _encode_date(dtype: int, value: object, info: VifInfo) -> bytes:
     def g(y: int) -> bytes:
         return bytes((day | (y & 0x07) << 5, month | (y & 0x78) << 1))
 
-    if dtype == 0x4:  # type F: century bits in the hour byte
-        century, y = divmod(year - 1900, 100)
-        if not 0 <= century <= 3 or (century == 0 and y <= 80):
+    if dtype == 0x4:  # type F: century bits in the hour byte, 0 for 2000-2080 as meters do
+        century, y = (0, year - 2000) if 2000 <= year <= 2080 else divmod(year - 1900, 100)
+        if not 0 <= century <= 3 or (century == 0 and year < 1981):
             raise CodecError(f"year out of range for type F: {value!r}")
         return bytes((minute, hour | century << 5)) + g(y)
     if not 2000 <= year <= 2127:
@@ -228,9 +228,13 @@ def _encode_lvar(value: object, info: VifInfo) -> bytes:
             raise CodecError("text longer than 191 characters")
         return bytes((len(text),)) + text
     if isinstance(value, bytes):
-        if len(value) > 15:
-            raise CodecError("binary LVAR longer than 15 bytes")
-        return bytes((0xE0 + len(value),)) + value
+        n = len(value)
+        if n <= 15:
+            return bytes((0xE0 + n,)) + value
+        long_sizes = {16: 0xF0, 20: 0xF1, 24: 0xF2, 28: 0xF3, 32: 0xF4, 48: 0xF5, 64: 0xF6}
+        if n not in long_sizes:
+            raise CodecError(f"no variable-length code for {n} binary bytes")
+        return bytes((long_sizes[n],)) + value
     raw = _unscale(value, info)
     digits = str(abs(raw))
     size = (len(digits) + 1) // 2
