@@ -39,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
             "pressure-difference sensor, unit 3 valve actuator (profiles sim-heat-meter, "
             "sim-dp-sensor, sim-actuator). Prints one JSON line "
             '{"tcp": "HOST:PORT"|null, "rtu": "/dev/pts/N"|null, "mbus": "/dev/pts/N"|null}, '
-            "then serves until '
-            "SIGTERM/SIGINT."
+            "then serves until SIGTERM/SIGINT."
         ),
     )
     ap.add_argument(

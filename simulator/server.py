@@ -30,8 +30,8 @@ from pymodbus.server import ModbusTcpServer
 
 from drivers.clock_sys import SystemClock
 from drivers.types import Clock
-from simulator.plant import Plant
 from simulator.mbus import MbusResponder, default_slaves
+from simulator.plant import Plant
 from simulator.rtu import RtuResponder
 from simulator.scenarios import ScenarioParams
 from simulator.slaves import FAULT_KINDS, SlaveBank
