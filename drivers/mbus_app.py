@@ -1,8 +1,8 @@
 """EN 13757-3 application layer: the user data of an M-Bus RSP_UD, pure bytes.
 
-``decode_user_data(ci, data)`` reads the variable data structure (CI 0x72 long header,
-0x7A short header) into a :class:`Telegram` of :class:`Record` values scaled to SI units
-(see ``drivers.mbus_vif``). Anything malformed or cut short raises
+``decode_user_data(ci, data)`` reads the variable data structure (CI 0x72 long
+header, 0x7A short header, 0x78 no header) into a :class:`Telegram` of :class:`Record`
+values scaled to SI units (see ``drivers.mbus_vif``). Anything malformed or cut short raises
 :class:`MbusDecodeError`; an application error reply (CI 0x70) raises
 :class:`MbusApplicationError`. ``encode_user_data`` is the inverse for CI 0x72 (used by
 the simulator's M-Bus slave and by the tests).
@@ -24,6 +24,7 @@ from drivers.mbus_vif import MAX_VIFES, VifError, describe
 CI_LONG = 0x72
 CI_SHORT = 0x7A
 CI_ERROR = 0x70
+CI_NO_HEADER = 0x78
 MAX_DIFES = 10
 
 FUNCTIONS = ("instantaneous", "maximum", "minimum", "error")
@@ -271,6 +272,9 @@ def decode_user_data(ci: int, data: bytes) -> Telegram:
             raise MbusDecodeError(f"cut short: short header needs 4 bytes, got {len(data)}")
         records, mdata, more = decode_records(data[4:])
         return Telegram(ci, None, data[0], data[1], records, mdata, more, data[2] | data[3] << 8)
+    if ci == CI_NO_HEADER:
+        records, mdata, more = decode_records(data)
+        return Telegram(ci, None, 0, 0, records, mdata, more)
     raise MbusDecodeError(f"unsupported CI field 0x{ci:02X}")
 
 

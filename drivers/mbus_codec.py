@@ -93,35 +93,46 @@ def bcd_encode(n: int, size: int) -> bytes:
     return bytes.fromhex(text)[::-1]
 
 
-def _date_g(f: bytes) -> str:
+def _date_g(f: bytes, base: int = 2000) -> str:
     day = f[0] & 0x1F
     month = f[1] & 0x0F
-    year = 2000 + ((f[1] & 0xF0) >> 1 | (f[0] & 0xE0) >> 5)
+    year = base + ((f[1] & 0xF0) >> 1 | (f[0] & 0xE0) >> 5)
     return f"{year:04d}-{month:02d}-{day:02d}"
 
 
-def _datetime_f(f: bytes, second: int | None = None) -> str:
-    minute = f[0] & 0x3F
-    hour = f[1] & 0x1F
-    date = _date_g(f[2:4])
-    tail = "" if second is None else f":{second:02d}"
-    return f"{date}T{hour:02d}:{minute:02d}{tail}"
+def _datetime_f(f: bytes) -> str | None:
+    """Type F; None when the meter flags the time invalid (IV bit)."""
+    if f[0] & 0x80:
+        return None
+    y = (f[3] & 0xF0) >> 1 | (f[2] & 0xE0) >> 5
+    century = (f[1] & 0x60) >> 5
+    if century == 0 and y <= 80:  # two-digit years of older meters
+        century = 1
+    date = _date_g(f[2:4], 1900 + 100 * century)
+    return f"{date}T{f[1] & 0x1F:02d}:{f[0] & 0x3F:02d}"
 
 
-def _decode_time(dtype: int, field: bytes, info: VifInfo) -> str | None:
+def _datetime_i(f: bytes) -> str | None:
+    """Type I (48 bit, with seconds); None when flagged invalid."""
+    if f[1] & 0x80:
+        return None
+    return f"{_date_g(f[3:5])}T{f[2] & 0x1F:02d}:{f[1] & 0x3F:02d}:{f[0] & 0x3F:02d}"
+
+
+def _decode_time(dtype: int, field: bytes, info: VifInfo) -> tuple[bool, str | None]:
     if info.kind == DATE and dtype == 0x2:
-        return _date_g(field)
+        return True, _date_g(field)
     if dtype == 0x4:
-        return _datetime_f(field)
+        return True, _datetime_f(field)
     if dtype == 0x6:
-        return _datetime_f(field[1:5], field[0] & 0x3F)
-    return None
+        return True, _datetime_i(field)
+    return False, None
 
 
 def decode_value(dtype: int, field: bytes, info: VifInfo) -> int | float | str | bytes | None:
     if info.kind in (DATE, DATETIME):
-        t = _decode_time(dtype, field, info)
-        if t is not None:
+        is_time, t = _decode_time(dtype, field, info)
+        if is_time:
             return t
     if dtype in INT_SIZES:
         raw = int.from_bytes(field, "little", signed=True)
@@ -156,20 +167,25 @@ def _encode_date(dtype: int, value: object, info: VifInfo) -> bytes:
     m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)(?:T(\d\d):(\d\d)(?::(\d\d))?)?", value)
     if m is None:
         raise CodecError(f"not a date: {value!r}")
-    year, month, day = int(m[1]) - 2000, int(m[2]), int(m[3])
-    if not (0 <= year <= 127 and month <= 15 and day <= 31):
-        raise CodecError(f"date out of range: {value!r}")
-    g = bytes((day | (year & 0x07) << 5, month | (year & 0x78) << 1))
-    if info.kind == DATE and dtype == 0x2:
-        return g
-    hour, minute = int(m[4] or 0), int(m[5] or 0)
-    if hour > 23 or minute > 59:
-        raise CodecError(f"time out of range: {value!r}")
-    f = bytes((minute, hour)) + g
-    if dtype == 0x4:
-        return f
+    year, month, day = int(m[1]), int(m[2]), int(m[3])
+    hour, minute, second = int(m[4] or 0), int(m[5] or 0), int(m[6] or 0)
+    if month > 15 or day > 31 or hour > 23 or minute > 59 or second > 59:
+        raise CodecError(f"date or time out of range: {value!r}")
+
+    def g(y: int) -> bytes:
+        return bytes((day | (y & 0x07) << 5, month | (y & 0x78) << 1))
+
+    if dtype == 0x4:  # type F: century bits in the hour byte
+        century, y = divmod(year - 1900, 100)
+        if not 0 <= century <= 3 or (century == 0 and y <= 80):
+            raise CodecError(f"year out of range for type F: {value!r}")
+        return bytes((minute, hour | century << 5)) + g(y)
+    if not 2000 <= year <= 2127:
+        raise CodecError(f"year out of range (2000..2127): {value!r}")
+    if dtype == 0x2 and info.kind == DATE:
+        return g(year - 2000)
     if dtype == 0x6:
-        return bytes((int(m[6] or 0) & 0x3F,)) + f + b"\x00"
+        return bytes((second, minute, hour)) + g(year - 2000) + b"\x00"
     raise CodecError(f"data type 0x{dtype:X} cannot hold a date")
 
 

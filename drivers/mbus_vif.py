@@ -178,6 +178,8 @@ def _ext_fb(code: int) -> VifInfo:
         return VifInfo("volume", "m3", n1 + 2)
     if pair == 0x18:  # 10^(n+2) t
         return VifInfo("mass", "kg", n1 + 5)
+    if pair == 0x1A:  # 10^(n-1) %
+        return VifInfo("relative_humidity", "%", n1 - 1)
     if pair == 0x28:  # 10^(n-1) MW
         return VifInfo("power", "W", n1 + 5)
     if pair == 0x30:  # 10^(n-1) GJ/h
@@ -197,6 +199,8 @@ def _ext_fb(code: int) -> VifInfo:
     return VifInfo("reserved", "")
 
 
+# record error codes: DIFE/VIF not implemented, no data, overflow, underflow, data error...
+_ERROR_CODES = frozenset((*range(0x01, 0x08), *range(0x0B, 0x10), *range(0x15, 0x19), 0x1C))
 _RATE = {0x20: "s", 0x21: "min", 0x22: "h", 0x23: "d", 0x24: "week", 0x25: "month", 0x26: "a"}
 _NAMED = {
     0x27: "per_measurement",
@@ -253,14 +257,14 @@ def combine(info: VifInfo, vifes: Sequence[int]) -> VifResult:
     the quantity's name so such a record never passes for the plain quantity."""
     error = False
     offset = False
-    for i, raw in enumerate(vifes):
+    for raw in vifes:
         code = raw & 0x7F
         if code == 0x7F:  # the rest is manufacturer specific
             info = replace(info, quantity=f"{info.quantity}_manufacturer")
             break
         if code == 0x00:
             continue
-        if code <= 0x1F:  # record error codes (slave to master)
+        if code in _ERROR_CODES:  # record error codes (slave to master)
             error = True
         elif code in _RATE:
             info = replace(
@@ -279,8 +283,6 @@ def combine(info: VifInfo, vifes: Sequence[int]) -> VifResult:
             info = replace(info, exp=info.exp + 3)
         else:
             info = replace(info, quantity=f"{info.quantity}_vife{code:02x}")
-        if i >= MAX_VIFES:
-            raise VifError("too many VIFEs")
     return VifResult(info, error, offset)
 
 

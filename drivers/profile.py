@@ -278,8 +278,9 @@ def load_profile(name: str, search: Path | None = None) -> Profile:
 
 
 def available_profiles(search: Path | None = None) -> list[str]:
+    """Modbus register-map profiles; ``mbus*.toml`` are M-Bus profiles (drivers.mbus_map)."""
     folder = search if search is not None else profiles_dir()
-    return sorted(p.stem for p in folder.glob("*.toml"))
+    return sorted(p.stem for p in folder.glob("*.toml") if not p.stem.startswith("mbus"))
 
 
 # --- codec ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ class Quality(StrEnum):
     GOOD = "good"
     IMPLAUSIBLE = "implausible"  # decoded, but outside the profile's physical range
     FAULT = "fault"  # the device says the sensor is faulty (e.g. 4-20 mA loop out of range)
+    METER_ERROR = "meter_error"  # the meter flags the value (M-Bus status byte, error state)
 
 
 class Health(StrEnum):
