@@ -8,13 +8,26 @@ from typing import Any, TextIO
 
 from agent.config import Config, DeviceCfg
 from drivers.clock_sys import SystemClock
-from drivers.device import Device, DevicePool, DeviceSpec
+from drivers.device import AnyDevice, DevicePool, DeviceSpec
+from drivers.mbus_device import MbusDevice, MbusSpec
 from drivers.profile import load_profile
 from drivers.types import Clock, Reading
 
 
-def device_spec(d: DeviceCfg) -> DeviceSpec:
+def device_spec(d: DeviceCfg) -> DeviceSpec | MbusSpec:
     """The driver's view of one configured device."""
+    if d.transport == "mbus":
+        return MbusSpec(
+            name=d.name,
+            role=d.role,
+            port=str(d.port),
+            baudrate=d.baudrate,
+            address=d.address,
+            secondary=d.secondary,
+            profile=d.profile,
+            timeout_s=d.timeout_s,
+            retries=d.retries,
+        )
     return DeviceSpec(
         name=d.name,
         role=d.role,
@@ -32,8 +45,8 @@ def device_spec(d: DeviceCfg) -> DeviceSpec:
     )
 
 
-def reading_json(r: Reading, dev: Device) -> dict[str, Any]:
-    return {
+def reading_json(r: Reading, dev: AnyDevice) -> dict[str, Any]:
+    out = {
         "name": r.device,
         "role": r.role,
         "health": str(dev.health),
@@ -44,6 +57,10 @@ def reading_json(r: Reading, dev: Device) -> dict[str, Any]:
         "values": {k: v.to_json() for k, v in r.values.items()},
         "counters": dict(dev.counters),
     }
+    if isinstance(dev, MbusDevice):  # the meter's identity and stored (billing-date) values
+        out["identity"] = dev.identity
+        out["stored"] = dev.stored
+    return out
 
 
 async def _poll(cfg: Config, clock: Clock) -> list[dict[str, Any]]:

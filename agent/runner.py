@@ -42,7 +42,7 @@ from agent.remote import apply_overlay
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
 from agent.uplink import MqttSettings, Uplink
-from drivers.device import Device, DevicePool
+from drivers.device import AnyDevice, Device, DevicePool
 from drivers.types import Clock, Reading
 
 log = logging.getLogger("dh.agent")
@@ -53,7 +53,7 @@ T = TypeVar("T")
 class Channel:
     """Per-device pipeline state."""
 
-    device: Device
+    device: AnyDevice
     params: agg.RecordParams
     state: agg.AggState
     pending: list[agg.Sample] = field(default_factory=list)
@@ -202,7 +202,7 @@ class Agent:
         for d in cfg.devices:
             spec = device_spec(d)
             dev = self.pool.add(spec)
-            rollover = {r.name: r.rollover for r in spec.profile.registers if r.rollover}
+            rollover = dev.rollover
             raw = await self.call(store.load_agg_state, d.name)
             state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
             ch = Channel(dev, record_params(cfg, d.name, d.role, rollover), state, poll_s=d.poll_s)
@@ -214,7 +214,7 @@ class Agent:
                 if r.ts is not None
             ]
             self.channels[d.name] = ch
-            if d.role == "actuator" and d.name == cfg.limiter.actuator:
+            if d.role == "actuator" and d.name == cfg.limiter.actuator and isinstance(dev, Device):
                 self.actuator = dev
             if d.role == "heat_meter" and self.meter is None:
                 self.meter = ch
