@@ -35,6 +35,7 @@ from agent.keys import load_private
 from agent.limiter import LimiterParams, LimiterState, MeterInput
 from agent.limiter import step as limiter_step
 from agent.logs import RateLimiter
+from agent.meters import MeterWatch, disk_flags, restored_sample
 from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
 from agent.poll import device_spec
@@ -121,7 +122,7 @@ def to_sample(r: Reading, ts: float, extra: frozenset[str]) -> agg.Sample:
         flags.add("meter_error")
     if any(not v.good for v in r.values.values()):
         flags.add("meter_error")
-    return agg.Sample(ts=ts, values=vals, flags=frozenset(flags))
+    return agg.Sample(ts=ts, values=vals, flags=frozenset(flags), meter_id=r.meter_id)
 
 
 class Agent:
@@ -140,6 +141,7 @@ class Agent:
         self.boot = 0
         self.stamper = ReadingStamper()
         self.monitors = Monitors(monitor_params(cfg))
+        self.meters = MeterWatch()  # meter identity: replacement, stored values
         self.lparams = limiter_params(cfg)
         self.lstate = LimiterState.initial()
         self.meter: Channel | None = None  # the heat meter the limiter follows (the first)
@@ -209,10 +211,9 @@ class Agent:
             since = state.boundary if state.boundary is not None else 0.0
             rows = await self.call(store.samples_since, d.name, float(since))
             ch.pending = [
-                agg.Sample(ts=r.ts, values=r.values, flags=frozenset(r.flags))
-                for r in rows
-                if r.ts is not None
+                restored_sample(r.ts, r.values, r.flags) for r in rows if r.ts is not None
             ]
+            self.meters.seed(d.name, state, ch.pending)
             self.channels[d.name] = ch
             if d.role == "actuator" and d.name == cfg.limiter.actuator and isinstance(dev, Device):
                 self.actuator = dev
@@ -329,6 +330,8 @@ class Agent:
         values = {k: (v.value if v.good else None) for k, v in r.values.items()}
         for ev in self.monitors.observe(name, role, r.ts, values, r.ok):
             await self.emit_event(ev)
+        for ev in self.meters.observe(name, r, getattr(ch.device, "stored", None)):
+            await self.emit_event(ev)
         if ch is self.meter and (
             self.lparams.flow_limit_m3h is not None or self.lparams.power_limit_kw is not None
         ):
@@ -346,7 +349,7 @@ class Agent:
         for rr, ts, flags in stamped:
             if self.limiting and role == "heat_meter":
                 flags = flags | {"limited"}
-            s = to_sample(rr, ts, flags)
+            s = to_sample(rr, ts, flags | self.meters.sample_flags(name, rr.meter_id))
             ch.pending.append(s)
             # to disk (for a restart mid-period and `status`): one reading per
             # sample_every_s, and every flagged one; all of them feed the records in memory
@@ -362,7 +365,7 @@ class Agent:
                     synced=rr.synced,
                     ok=rr.ok,
                     values=dict(s.values),
-                    flags=sorted(s.flags),
+                    flags=disk_flags(s),
                 )
             )
         await self.close_periods(ch)
