@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import termios
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -123,7 +124,10 @@ class MbusLine:
         ser = serial.Serial()
         ser.port = self.path
         ser.baudrate = self.baudrate
-        ser.parity = serial.PARITY_EVEN
+        # a pseudo-terminal (the simulator) carries no parity: Linux clears PARENB on a pty
+        # and then refuses it on the next open (EINVAL); a real port is 8E1
+        pty = self.path.startswith("/dev/pts/")
+        ser.parity = serial.PARITY_NONE if pty else serial.PARITY_EVEN
         ser.stopbits = serial.STOPBITS_ONE
         ser.bytesize = serial.EIGHTBITS
         ser.timeout = 0
@@ -136,7 +140,7 @@ class MbusLine:
             return
         try:
             ser = await asyncio.to_thread(self._open_sync)
-        except (OSError, ValueError) as e:  # pyserial's SerialException is an OSError
+        except (OSError, ValueError, termios.error) as e:  # SerialException is an OSError
             raise ConnectError(f"cannot open {self.path}: {e}") from e
         self._serial = ser
         self._fd = ser.fileno()
