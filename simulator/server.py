@@ -30,7 +30,7 @@ from pymodbus.server import ModbusTcpServer
 
 from drivers.clock_sys import SystemClock
 from drivers.types import Clock
-from simulator.mbus import MbusResponder, default_slaves
+from simulator.mbus import MBUS_FAULT_KINDS, MbusResponder, default_slaves
 from simulator.plant import Plant
 from simulator.rtu import RtuResponder
 from simulator.scenarios import ScenarioParams
@@ -207,7 +207,7 @@ class SimServer:
             self.plant.step(now - self.plant.t)
 
     def _emit_truth(self, t: float) -> None:
-        new = {k: self.faults[k] - self._faults_seen[k] for k in FAULT_KINDS}
+        new = {k: self.faults[k] - self._faults_seen[k] for k in (*FAULT_KINDS, *MBUS_FAULT_KINDS)}
         self._faults_seen = Counter(self.faults)
         if self._truth is None:
             return
