@@ -14,8 +14,15 @@ from drivers.profile import load_profile
 from drivers.types import Clock, Reading
 
 
-def device_spec(d: DeviceCfg) -> DeviceSpec | MbusSpec:
-    """The driver's view of one configured device."""
+def device_spec(d: DeviceCfg) -> DeviceSpec:
+    """The driver's view of one configured Modbus device."""
+    if d.transport == "mbus":
+        raise ValueError(f"{d.name}: an M-Bus device (driver_spec)")
+    return _modbus_spec(d)
+
+
+def driver_spec(d: DeviceCfg) -> DeviceSpec | MbusSpec:
+    """The driver's view of one configured device, Modbus or wired M-Bus."""
     if d.transport == "mbus":
         return MbusSpec(
             name=d.name,
@@ -28,6 +35,10 @@ def device_spec(d: DeviceCfg) -> DeviceSpec | MbusSpec:
             timeout_s=d.timeout_s,
             retries=d.retries,
         )
+    return _modbus_spec(d)
+
+
+def _modbus_spec(d: DeviceCfg) -> DeviceSpec:
     return DeviceSpec(
         name=d.name,
         role=d.role,
@@ -66,7 +77,7 @@ def reading_json(r: Reading, dev: AnyDevice) -> dict[str, Any]:
 async def _poll(cfg: Config, clock: Clock) -> list[dict[str, Any]]:
     pool = DevicePool(clock)
     try:
-        devices = [pool.add(device_spec(d)) for d in cfg.devices]
+        devices = [pool.add(driver_spec(d)) for d in cfg.devices]
         out = []
         for dev in devices:  # one after another: devices may share a serial line
             r = await dev.read()

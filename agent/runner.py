@@ -38,7 +38,7 @@ from agent.logs import RateLimiter
 from agent.meters import MeterWatch, disk_flags, restored_sample
 from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
-from agent.poll import device_spec
+from agent.poll import driver_spec
 from agent.remote import apply_overlay
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
@@ -202,7 +202,7 @@ class Agent:
         self.boot = await self.call(store.next_boot)
         await self.remote.load_seen()
         for d in cfg.devices:
-            spec = device_spec(d)
+            spec = driver_spec(d)
             dev = self.pool.add(spec)
             rollover = dev.rollover
             raw = await self.call(store.load_agg_state, d.name)

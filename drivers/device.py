@@ -40,7 +40,7 @@ import math
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Literal, TypeVar, Union, overload
 
 from drivers.modbus import (
     Bus,
@@ -389,6 +389,13 @@ class DevicePool:
         dev = MbusDevice(spec, self.clock, line)
         self.devices[spec.name] = dev
         return dev
+
+    @overload
+    def add(self, spec: DeviceSpec) -> Device: ...
+    @overload
+    def add(self, spec: MbusSpec) -> MbusDevice: ...
+    @overload
+    def add(self, spec: DeviceSpec | MbusSpec) -> AnyDevice: ...
 
     def add(self, spec: DeviceSpec | MbusSpec) -> AnyDevice:
         if spec.name in self.devices:

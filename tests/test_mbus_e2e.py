@@ -39,8 +39,10 @@ OLD_ID, NEW_ID = "68135802", "68136913"  # simulator.mbus: the swap adds 1111
 def mbus_sim(tmp: Path, scenario: str, *extra: str) -> Iterator[tuple[str, Path]]:
     truth = tmp / "truth.jsonl"
     proc = subprocess.Popen(
-        [str(BIN / "dh-sim"), "--mbus-pty", "--mbus-baud", "2400", "--scenario", scenario]
-        + ["--truth", str(truth), *extra],
+        [
+            *(str(BIN / "dh-sim"), "--mbus-pty", "--mbus-baud", "2400"),
+            *("--scenario", scenario, "--truth", str(truth), *extra),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -106,8 +108,10 @@ def run_agent_with_verify(
     verifier listens meanwhile. Returns the verifier's lines."""
     cfg = write_config(tmp, port, mosquitto.url)
     ver = subprocess.Popen(
-        [str(BIN / "dh-agent"), "verify", "--mqtt", mosquitto.url, "--site", "mbus-site"]
-        + ["--pubkey", str(tmp / "agent.pub"), "--seconds", str(seconds + 15)],
+        [
+            *(str(BIN / "dh-agent"), "verify", "--mqtt", mosquitto.url, "--site", "mbus-site"),
+            *("--pubkey", str(tmp / "agent.pub"), "--seconds", str(seconds + 15)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
