@@ -19,7 +19,7 @@ from drivers.mbus_codec import (
     encode_value,
     lvar_length,
 )
-from drivers.mbus_vif import MAX_VIFES, VifError, describe
+from drivers.mbus_vif import VifError, describe
 
 CI_LONG = 0x72
 CI_SHORT = 0x7A
@@ -143,78 +143,67 @@ def _long_header(data: bytes) -> Header:
 # --- records ---------------------------------------------------------------------------
 
 
+def _chain(data: bytes, i: int, first: int, what: str, start: int) -> tuple[list[int], int]:
+    """The DIFEs or VIFEs after a byte ``first`` whose bit 7 says an extension follows."""
+    out: list[int] = []
+    ext = first & 0x80
+    while ext:
+        if i >= len(data):
+            raise MbusDecodeError(f"cut short in the {what}s of the record at byte {start}")
+        if len(out) >= MAX_DIFES:  # 10 DIFEs and 10 VIFEs at most
+            raise MbusDecodeError(f"more than {MAX_DIFES} {what}s in the record at byte {start}")
+        out.append(data[i])
+        ext = data[i] & 0x80
+        i += 1
+    return out, i
+
+
+def _plain_text(data: bytes, i: int, start: int) -> tuple[str, int]:
+    """A plain-text VIF's unit: a length byte, then ASCII, last character first."""
+    if i >= len(data) or i + 1 + data[i] > len(data):
+        raise MbusDecodeError(f"cut short in the plain-text VIF at byte {start}")
+    end = i + 1 + data[i]
+    return data[i + 1 : end][::-1].decode("latin-1"), end
+
+
 def _decode_record(data: bytes, i: int) -> tuple[Record, int]:
     """One data record starting at ``data[i]`` (not 0x0F/0x1F/0x2F); returns it and the
     index after it."""
     n = len(data)
     start = i
     dif = data[i]
-    i += 1
     if dif & 0x0F == 0x0F:
         raise MbusDecodeError(f"reserved special DIF 0x{dif:02X} at byte {start}")
+    difes, i = _chain(data, i + 1, dif, "DIFE", start)
     storage = (dif >> 6) & 0x01
-    tariff = 0
-    subunit = 0
-    difes: list[int] = []
-    ext = dif & 0x80
-    while ext:
-        if i >= n:
-            raise MbusDecodeError(f"cut short in the DIFEs of the record at byte {start}")
-        if len(difes) >= MAX_DIFES:
-            raise MbusDecodeError(f"more than {MAX_DIFES} DIFEs in the record at byte {start}")
-        dife = data[i]
-        k = len(difes)
+    tariff = subunit = 0
+    for k, dife in enumerate(difes):
         storage |= (dife & 0x0F) << (1 + 4 * k)
         tariff |= ((dife >> 4) & 0x03) << (2 * k)
         subunit |= ((dife >> 6) & 0x01) << k
-        difes.append(dife)
-        ext = dife & 0x80
-        i += 1
     if i >= n:
         raise MbusDecodeError(f"cut short before the VIF of the record at byte {start}")
     vif = data[i]
-    i += 1
     text = ""
-    if vif & 0x7F == 0x7C:  # plain-text unit: length, then ASCII reversed
-        if i >= n:
-            raise MbusDecodeError(f"cut short in the plain-text VIF at byte {start}")
-        tlen = data[i]
-        if i + 1 + tlen > n:
-            raise MbusDecodeError(f"cut short in the plain-text VIF at byte {start}")
-        text = data[i + 1 : i + 1 + tlen][::-1].decode("latin-1")
-        i += 1 + tlen
-    vifes: list[int] = []
-    ext = vif & 0x80
-    while ext:
-        if i >= n:
-            raise MbusDecodeError(f"cut short in the VIFEs of the record at byte {start}")
-        if len(vifes) >= MAX_VIFES:
-            raise MbusDecodeError(f"more than {MAX_VIFES} VIFEs in the record at byte {start}")
-        vifes.append(data[i])
-        ext = data[i] & 0x80
+    if vif & 0x7F == 0x7C:
+        text, i = _plain_text(data, i + 1, start)
+    else:
         i += 1
-    try:
-        meaning = describe(vif, vifes)
-    except VifError as e:
-        raise MbusDecodeError(f"{e} in the record at byte {start}") from None
-    info = meaning.info
+    vifes, i = _chain(data, i, vif, "VIFE", start)
     dtype = dif & 0x0F
     try:
+        meaning = describe(vif, tuple(vifes))
         size = lvar_length(data, i) if dtype == 0x0D else _SIZES[dtype]
-    except CodecError as e:
+        if i + size > n:
+            raise MbusDecodeError(
+                f"cut short: the record at byte {start} needs {size} data bytes, {n - i} left"
+            )
+        value = decode_value(dtype, data[i : i + size], meaning.info)
+    except (VifError, CodecError) as e:
         raise MbusDecodeError(f"{e} in the record at byte {start}") from None
-    if i + size > n:
-        raise MbusDecodeError(
-            f"cut short: the record at byte {start} needs {size} data bytes, {n - i} left"
-        )
-    field = data[i : i + size]
     i += size
-    try:
-        value = decode_value(dtype, field, info)
-    except CodecError as e:
-        raise MbusDecodeError(f"{e} in the record at byte {start}") from None
     function = FUNCTIONS[(dif >> 4) & 0x03]
-    unit = text if info.quantity.startswith("plain_text") else info.unit
+    info = meaning.info
     rec = Record(
         dif=dif,
         vif=vif,
@@ -224,7 +213,7 @@ def _decode_record(data: bytes, i: int) -> tuple[Record, int]:
         function=function,
         quantity=info.quantity,
         value=value,
-        unit=unit,
+        unit=text if info.quantity.startswith("plain_text") else info.unit,
         error_state=function == "error" or meaning.error_state,
         raw=bytes(data[start:i]),
         vifes=tuple(vifes),
@@ -316,7 +305,7 @@ def encode_record(rec: Record) -> bytes:
         vifes[k] = (vifes[k] & 0x7F) | (0x80 if k < len(vifes) - 1 else 0)
     out += bytes(vifes)
     try:
-        info = describe(vif, vifes).info
+        info = describe(vif, tuple(vifes)).info
         out += encode_value(dtype, rec.value, info)
     except (VifError, CodecError) as e:
         raise ValueError(f"cannot encode {rec.quantity} record: {e}") from None

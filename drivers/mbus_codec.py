@@ -76,6 +76,8 @@ def bcd_decode(field: bytes) -> int | None:
     """Digits least significant byte first; a top nibble F marks a negative number.
     None when a digit is not 0-9 (meters send e.g. FF.. for 'no value')."""
     digits = field[::-1].hex()
+    if not digits:
+        return None  # a variable-length BCD of no digits
     negative = digits[0] == "f"
     if negative:
         digits = digits[1:] or "0"

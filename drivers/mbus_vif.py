@@ -7,6 +7,7 @@ hour; temperatures C, differences K; times s; pressure bar).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -287,7 +288,13 @@ def combine(info: VifInfo, vifes: Sequence[int]) -> VifResult:
 
 
 def describe(vif: int, vifes: Sequence[int]) -> VifResult:
-    """The meaning of a VIF and its VIFEs (plain-text VIFs are handled by the caller)."""
+    """The meaning of a VIF and its VIFEs (plain-text VIFs are handled by the caller).
+    Cached: a meter sends the same few VIF chains in every telegram."""
+    return _describe(vif, tuple(vifes))
+
+
+@functools.lru_cache(maxsize=1024)
+def _describe(vif: int, vifes: tuple[int, ...]) -> VifResult:
     if len(vifes) > MAX_VIFES:
         raise VifError(f"too many VIFEs ({len(vifes)} > {MAX_VIFES})")
     code = vif & 0x7F
