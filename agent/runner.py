@@ -43,7 +43,7 @@ from agent.remote import apply_overlay
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
 from agent.uplink import MqttSettings, Uplink
-from drivers.device import AnyDevice, Device, DevicePool
+from drivers.device import OFFLINE_AFTER, AnyDevice, Device, DevicePool
 from drivers.types import Clock, Reading
 
 log = logging.getLogger("dh.agent")
@@ -72,10 +72,11 @@ def release_free_memory() -> None:
 
 
 def record_params(
-    cfg: Config, name: str, role: str, rollover: Mapping[str, float]
+    cfg: Config, name: str, role: str, rollover: Mapping[str, float], poll_s: float = 1.0
 ) -> agg.RecordParams:
     heat = role == "heat_meter"
     return agg.RecordParams(
+        gap_s=max(10.0, 1.5 * poll_s),  # a slow meter (M-Bus, 10-60 s): a poll apart is no gap
         device=name,
         role=role,
         period_s=cfg.site.period_s,
@@ -207,7 +208,11 @@ class Agent:
             rollover = dev.rollover
             raw = await self.call(store.load_agg_state, d.name)
             state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
-            ch = Channel(dev, record_params(cfg, d.name, d.role, rollover), state, poll_s=d.poll_s)
+            ch = Channel(
+                dev, record_params(cfg, d.name, d.role, rollover, d.poll_s), state, poll_s=d.poll_s
+            )
+            # health: a slow meter is not offline after one missed poll
+            dev.offline_after_s = max(dev.offline_after_s, OFFLINE_AFTER * d.poll_s)
             since = state.boundary if state.boundary is not None else 0.0
             rows = await self.call(store.samples_since, d.name, float(since))
             ch.pending = [
@@ -273,7 +278,7 @@ class Agent:
             if ch is None:
                 continue
             ch.poll_s = d.poll_s
-            ch.params = record_params(cfg, d.name, d.role, ch.params.rollover)
+            ch.params = record_params(cfg, d.name, d.role, ch.params.rollover, d.poll_s)
         log.info("config applied: version %d", self.remote.version)
 
     def limiter_params(self, cfg: Config) -> LimiterParams:
