@@ -71,6 +71,7 @@ def reading_json(r: Reading, dev: AnyDevice) -> dict[str, Any]:
     if isinstance(dev, MbusDevice):  # the meter's identity and stored (billing-date) values
         out["identity"] = dev.identity
         out["stored"] = dev.stored
+        out["line"] = {"garbage_bytes": dev.line.garbage_bytes, "stale_bytes": dev.line.stale_bytes}
     return out
 
 

@@ -17,7 +17,8 @@ Faults (scenario ``p_*``, drawn per new REQ_UD2 from the seed; counted in ``faul
 exactly when injected): ``mbus_timeout`` (no answer; the request is not taken, so a
 repeat gets a fresh answer), ``mbus_bad_checksum``, ``mbus_cut_short`` (the reply stops
 half way), ``mbus_status_error`` (status byte with the temporary-error bit set),
-``mbus_multi`` (the reading comes in two telegrams, the first ending with DIF 0x1F).
+``mbus_multi`` (the reading comes in two telegrams, the first ending with DIF 0x1F),
+``mbus_noise`` (three bytes of line noise before the reply: skipped by the master).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ MBUS_FAULT_KINDS = (
     "mbus_cut_short",
     "mbus_status_error",
     "mbus_multi",
+    "mbus_noise",
 )
+NOISE = b"\x00\xff\x3c"  # bytes that cannot start a frame
 
 
 @dataclass
@@ -114,7 +117,14 @@ class MbusResponder:
         self.sync = sync
         self.faults: Counter[str] = faults if faults is not None else Counter()
         p = plant.params
-        self._p = (p.p_timeout, p.p_bad_crc, p.p_mbus_cut, p.p_exception, p.p_mbus_multi)
+        self._p = (
+            p.p_timeout,
+            p.p_bad_crc,
+            p.p_mbus_cut,
+            p.p_exception,
+            p.p_mbus_multi,
+            p.p_mbus_noise,
+        )
         self._rng = random.Random(f"{seed}:mbus")
         self.path: str | None = None
         self.rx_frames = 0
@@ -325,6 +335,9 @@ class MbusResponder:
         if kind == "mbus_cut_short":
             self.faults[kind] += 1
             return frame[: len(frame) // 2]
+        if kind == "mbus_noise":
+            self.faults[kind] += 1
+            return NOISE + frame
         return frame
 
 

@@ -22,7 +22,8 @@ Scenarios:
 
 On the M-Bus slave (``--mbus-pty``) the request faults are: ``p_timeout`` no answer,
 ``p_bad_crc`` a bad checksum, ``p_mbus_cut`` a reply cut short, ``p_exception`` a status
-byte with an error bit, ``p_mbus_multi`` a reading split into two telegrams.
+byte with an error bit, ``p_mbus_multi`` a reading split into two telegrams,
+``p_mbus_noise`` three bytes of line noise before the reply.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class ScenarioParams:
     p_absurd: float = 0.0
     p_mbus_cut: float = 0.0  # M-Bus only: the reply stops half way
     p_mbus_multi: float = 0.0  # M-Bus only: the reading comes in two telegrams
+    p_mbus_noise: float = 0.0  # M-Bus only: line noise (3 bytes) before the reply
     # --- meter replacement: new identity, registers restart at these values
     meter_swap_after_s: float | None = None
     swap_energy_kwh: float = 2.0
@@ -113,6 +115,7 @@ SCENARIOS: dict[str, ScenarioParams] = {
         p_absurd=0.03,
         p_mbus_cut=0.03,
         p_mbus_multi=0.05,
+        p_mbus_noise=0.03,
     ),
     "outage": replace(_STEADY, name="outage", outage_after_s=20.0, outage_duration_s=30.0),
     "low-dp": replace(_STEADY, name="low-dp", dp_nominal_kpa=60.0, dp_load_drop_kpa=40.0),

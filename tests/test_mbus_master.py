@@ -138,6 +138,7 @@ def test_faults_are_counted_exactly_as_injected() -> None:
         assert c["checksum_errors"] == f["mbus_bad_checksum"]
         assert c["bad_frames"] == f["mbus_cut_short"]
         assert doubtful == f["mbus_status_error"]
+        assert f["mbus_noise"] > 0 and dev.line.garbage_bytes == 3 * f["mbus_noise"]  # skipped
         ok_polls = c["polls"] - c["polls_failed"]
         assert c["polls"] == 120 and ok_polls >= 110
         # every failed attempt was retried or ended a poll; every answer was counted
@@ -146,7 +147,15 @@ def test_faults_are_counted_exactly_as_injected() -> None:
         assert c["requests"] == c["ok"] + failures
         await dev.close()
 
-    run(go, "faults", p_timeout=0.04, p_bad_crc=0.04, p_mbus_cut=0.04, p_exception=0.04)
+    run(
+        go,
+        "faults",
+        p_timeout=0.04,
+        p_bad_crc=0.04,
+        p_mbus_cut=0.04,
+        p_exception=0.04,
+        p_mbus_noise=0.04,
+    )
 
 
 def test_secondary_addressing_selects_once_then_reads() -> None:

@@ -88,3 +88,35 @@ def test_scan_of_a_missing_port_fails_clearly(tmp_path: Path) -> None:
     rc, found, err = scan("--port", str(tmp_path / "ttyUSB9"), "--max-address", "1")
     assert rc == 2 and found == []
     assert "cannot open" in err
+
+
+def test_poll_once_shows_the_identity_of_an_mbus_meter(tmp_path: Path) -> None:
+    with mbus_sim() as port:
+        cfg = tmp_path / "agent.toml"
+        cfg.write_text(
+            '[site]\nid = "s1"\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n'
+            '[keys]\nagent_key = "agent.key"\n[storage]\npath = "agent.db"\n'
+            "[contract]\nenforce = false\n"
+            f'[[devices]]\nname = "hm1"\nrole = "heat_meter"\ntransport = "mbus"\nport = "{port}"\n'
+            "address = 1\ntimeout_s = 0.5\n"
+            f'[[devices]]\nname = "hm2"\nrole = "heat_meter"\ntransport = "mbus"\nport = "{port}"\n'
+            'secondary = "68139421"\ntimeout_s = 0.5\n'
+        )
+        out = subprocess.run(
+            [str(BIN / "dh-agent"), "poll", "--config", str(cfg), "--once"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert out.returncode == 0, out.stderr
+    hm1, hm2 = (json.loads(x) for x in out.stdout.splitlines())
+    assert hm1["identity"] == {
+        "id": "68135802", "manufacturer": "DHS", "version": 1, "medium": 4, "status": 0
+    }  # fmt: skip
+    assert hm2["identity"]["id"] == "68139421"
+    assert hm1["values"]["energy_kwh"]["unit"] == "kWh" and hm1["health"] == "ok"
+    assert hm1["values"]["volume_m3"]["quality"] == "good"
+    assert any(s["quantity"] == "date" and s["storage"] == 1 for s in hm1["stored"])
+    assert hm1["counters"]["requests"] == 2  # SND_NKE + REQ_UD2
+    assert hm2["counters"]["selects"] == 1
