@@ -318,6 +318,18 @@ MBUS_BAUDRATES = (300, 2400, 9600)
 MBUS_UNUSED = ("host", "unit", "parity", "stopbits", "rs485")
 
 
+def _check_transport(vals: dict[str, Any], d: Any, where: str, problems: list[str]) -> None:
+    """M-Bus devices (``_check_mbus``); the M-Bus keys on others; a Modbus profile."""
+    if vals.get("transport") == "mbus":
+        _check_mbus(vals, where, problems)
+        return
+    for k in ("address", "secondary"):
+        if k in vals:
+            problems.append(f"{where}.{k}: only used with transport mbus")
+    if isinstance(d, dict) and "profile" not in d:
+        problems.append(f"{where}.profile: missing (required)")
+
+
 def _check_mbus(vals: dict[str, Any], where: str, problems: list[str]) -> None:
     """A wired M-Bus device (contract 2a): serial port, 8E1 at 300/2400/9600 baud, a
     primary ``address`` or a ``secondary`` address, an M-Bus profile (default ``mbus``).
@@ -414,14 +426,7 @@ def validate(
             problems.append(f"{where}.name: duplicate device name {name!r}")
         names.add(str(name))
         transport = vals.get("transport")
-        if transport == "mbus":
-            _check_mbus(vals, where, problems)
-        else:
-            for k in ("address", "secondary"):
-                if k in vals:
-                    problems.append(f"{where}.{k}: only used with transport mbus")
-            if isinstance(d, dict) and "profile" not in d:
-                problems.append(f"{where}.profile: missing (required)")
+        _check_transport(vals, d, where, problems)
         port = vals.get("port", 502 if transport == "tcp" else None)
         if transport == "tcp" and "port" in vals and not isinstance(port, int):
             problems.append(f"{where}.port: must be a TCP port number for transport tcp")

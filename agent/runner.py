@@ -43,7 +43,7 @@ from agent.remote import apply_overlay
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
 from agent.uplink import MqttSettings, Uplink
-from drivers.device import OFFLINE_AFTER, AnyDevice, Device, DevicePool
+from drivers.device import OFFLINE_AFTER, OFFLINE_AFTER_S, AnyDevice, Device, DevicePool
 from drivers.types import Clock, Reading
 
 log = logging.getLogger("dh.agent")
@@ -279,6 +279,7 @@ class Agent:
                 continue
             ch.poll_s = d.poll_s
             ch.params = record_params(cfg, d.name, d.role, ch.params.rollover, d.poll_s)
+            ch.device.offline_after_s = max(OFFLINE_AFTER_S, OFFLINE_AFTER * d.poll_s)
         log.info("config applied: version %d", self.remote.version)
 
     def limiter_params(self, cfg: Config) -> LimiterParams:
