@@ -319,6 +319,14 @@ class Device:
                 spec.name,
                 ", ".join(f"{k}={v.value:g} {v.quality}" for k, v in values.items() if not v.good),
             )
+        # a heat meter whose profile names a `serial` register: its identity (meter swaps)
+        serial = values.get("serial")
+        meter_id = (
+            str(int(serial.value))
+            if spec.role == "heat_meter" and serial is not None and serial.good
+            and math.isfinite(serial.value)
+            else None
+        )  # fmt: skip
         return Reading(
             device=spec.name,
             role=spec.role,
@@ -328,6 +336,7 @@ class Device:
             ok=ok,
             values=values,
             error=error,
+            meter_id=meter_id,
         )
 
     async def write(self, name: str, value: float) -> None:
