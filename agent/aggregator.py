@@ -17,7 +17,16 @@ power or flow:
   as zero, so nothing is negative or invented, and the record is flagged;
 * consecutive records link exactly: a record's ``*_start`` is the previous record's
   ``*_end`` (the same stored number), so a run's sum equals the register difference
-  across it (plus rollovers, minus nothing: resets contribute only what was measured).
+  across it (plus rollovers, minus nothing: resets contribute only what was measured);
+* meter replacement: samples may carry the meter's identity (``meter_id``); when it
+  changes between two readings, the old meter's series ends at its last reading (the
+  register holds there) and the new one starts at the new meter's first reading. The
+  step between them counts as zero (nothing invented, never a ``counter_reset``); the
+  record of the period holding the swap is flagged ``meter_replaced`` and its energy is
+  what the two meters measured in it (old: period start to its last reading, new: its
+  first reading to period end), so its ``*_end`` - ``*_start`` differs from it: the
+  series are conserved each on its own side. Records carry ``meter_id`` (the id at the
+  period's end) when the readings report one.
 
 Choices where the contract is silent:
 
@@ -54,6 +63,7 @@ class Sample:
     ts: float
     values: Mapping[str, float]
     flags: frozenset[str] = frozenset()
+    meter_id: str | None = None  # the meter's identity, when the device reports one
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +84,15 @@ class AggState:
     ``anchor``: per counter, the last reading (ts, register) at or before the boundary.
     ``into``: per counter, how much of the step from the anchor to the next reading lies
     before the boundary (unwrapped units), so the next period starts exactly there.
-    ``last_ts``: the last reading of any kind at or before the boundary (gap detection)."""
+    ``last_ts``: the last reading of any kind at or before the boundary (gap detection).
+    ``meter_id``: the meter's identity at the boundary (None: not reported)."""
 
     boundary: float | None = None
     reg: Mapping[str, float] = field(default_factory=dict)
     anchor: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     into: Mapping[str, float] = field(default_factory=dict)
     last_ts: float | None = None
+    meter_id: str | None = None
 
     @staticmethod
     def initial() -> AggState:
@@ -95,6 +107,7 @@ class AggState:
                 "anchor": {k: list(v) for k, v in self.anchor.items()},
                 "into": dict(self.into),
                 "last_ts": self.last_ts,
+                "meter_id": self.meter_id,
             },
             sort_keys=True,
         )
@@ -108,6 +121,7 @@ class AggState:
             anchor={str(k): (float(v[0]), float(v[1])) for k, v in d.get("anchor", {}).items()},
             into={str(k): float(v) for k, v in d.get("into", {}).items()},
             last_ts=d.get("last_ts"),
+            meter_id=d.get("meter_id"),
         )
 
 
@@ -145,25 +159,35 @@ class _Point:
     reg: float
     u: float
     event: str | None = None
+    mid: str | None = None  # the meter's identity (None: not reported)
 
 
 def _chain(
-    name: str, start: tuple[float, float] | None, samples: Sequence[Sample], rollover: float | None
+    name: str,
+    start: tuple[float, float] | None,
+    samples: Sequence[Sample],
+    rollover: float | None,
+    start_mid: str | None = None,
 ) -> list[_Point]:
-    """Counter observations with an unwrapped cumulative value (u of ``start`` = 0)."""
+    """Counter observations with an unwrapped cumulative value (u of ``start`` = 0).
+    A step between two different meter ids is a ``swap``: it counts as zero."""
     pts: list[_Point] = []
     if start is not None:
-        pts.append(_Point(start[0], start[1], 0.0))
+        pts.append(_Point(start[0], start[1], 0.0, None, start_mid))
     for s in samples:
         v = s.values.get(name)
         if v is None or not math.isfinite(v):
             continue
         if not pts:
-            pts.append(_Point(s.ts, v, 0.0))
+            pts.append(_Point(s.ts, v, 0.0, None, s.meter_id))
             continue
         p = pts[-1]
+        mid = s.meter_id if s.meter_id is not None else p.mid
+        if p.mid is not None and mid != p.mid:
+            pts.append(_Point(s.ts, v, p.u, "swap", mid))
+            continue
         d, ev = step(p.reg, v, rollover)
-        pts.append(_Point(s.ts, v, p.u + d, ev))
+        pts.append(_Point(s.ts, v, p.u + d, ev, mid))
     return pts
 
 
@@ -178,7 +202,8 @@ def _at(pts: Sequence[_Point], t: float) -> tuple[float, float, float] | None:
             a = pts[i - 1]
             f = (t - a.ts) / (p.ts - a.ts)
             du = p.u - a.u
-            # the register moves with u between a and p (a reset step has du = 0: hold)
+            # the register moves with u between a and p (a reset or swap step has du = 0:
+            # the old register holds until the new meter's first reading)
             reg = a.reg + f * du
             if p.event == "rollover":
                 wrap = a.reg + du - p.reg  # the rollover value, recovered from the step
@@ -207,17 +232,21 @@ def _cooling(
     num = den = 0.0
     plain: list[float] = []
     pv = prev_vol
+    mid: str | None = None
     for s in in_p:
         sup, ret, v = s.values.get("supply_c"), s.values.get("return_c"), s.values.get("volume_m3")
+        swapped = s.meter_id is not None and mid is not None and s.meter_id != mid
         if sup is not None and ret is not None:
             plain.append(sup - ret)
-            if v is not None and pv is not None:
+            if v is not None and pv is not None and not swapped:
                 d, ev = step(pv, v, rollover)
                 if ev != "reset":
                     num += d * (sup - ret)
                     den += d
         if v is not None:
             pv = v
+        if s.meter_id is not None:
+            mid = s.meter_id
     return num / den if den > 0 else _mean(plain)
 
 
@@ -278,6 +307,7 @@ def close_periods(
         b = float(math.ceil(ss[0].ts / ps) * ps)
         if ss[-1].ts < b:
             return [], state
+        mid = next((s.meter_id for s in reversed(ss) if s.ts <= b and s.meter_id), None)
         for c in counters:
             chains[c] = _chain(c, None, ss, rollover[c])
             got = _at(chains[c], b)
@@ -292,9 +322,10 @@ def close_periods(
         ss = [s for s in ss if s.ts > b]
     else:
         b = state.boundary
+        mid = state.meter_id
         for c in counters:
             a = state.anchor.get(c)
-            chains[c] = _chain(c, a, ss, rollover[c])
+            chains[c] = _chain(c, a, ss, rollover[c], state.meter_id)
             if a is not None and c in state.reg:
                 reg[c] = state.reg[c]
                 u_b[c] = state.into.get(c, 0.0)
@@ -312,6 +343,7 @@ def close_periods(
         flags: set[str] = set()
         for s in in_p:
             flags |= s.flags
+            mid = s.meter_id or mid
         flags.discard("clock_step")
         rec: dict[str, Any] = {
             "device": p.device,
@@ -350,8 +382,13 @@ def close_periods(
             if width > p.gap_s or _width(chains[c], b) > p.gap_s:
                 flags.add("interpolated")
             end = round(r_end, nd)
+            # the swap belongs to the period of the new meter's first reading
+            swap = any(q.event == "swap" and b < q.ts <= e for q in chains[c])
+            if swap:
+                flags.add("meter_replaced")
             if _reset_in(chains[c], b, e):
                 flags.add("counter_reset")
+            if swap or "counter_reset" in flags:
                 delta = round(max(0.0, u_end - u_b[c]), nd)
             else:
                 d = end - start
@@ -365,6 +402,8 @@ def close_periods(
             reg[c] = end
             u_b[c] = u_end
         _role_fields(rec, in_p, p, prev_vol)
+        if mid is not None:
+            rec["meter_id"] = mid
         rec["flags"] = sorted(flags)
         records.append(rec)
         for s in in_p:
@@ -374,12 +413,21 @@ def close_periods(
         b = e
     anchor: dict[str, tuple[float, float]] = {}
     into: dict[str, float] = {}
+    anchor_mid: str | None = None
     for c in counters:
         pre_pts = [q for q in chains[c] if q.ts <= b]
         if pre_pts and c in reg:
             anchor[c] = (pre_pts[-1].ts, pre_pts[-1].reg)
             into[c] = u_b[c] - pre_pts[-1].u
-    new = AggState(boundary=b, reg=reg, anchor=anchor, into=into, last_ts=prev_ts)
+            anchor_mid = anchor_mid or pre_pts[-1].mid
+    new = AggState(
+        boundary=b,
+        reg=reg,
+        anchor=anchor,
+        into=into,
+        last_ts=prev_ts,
+        meter_id=anchor_mid or mid,
+    )
     return records, new
 
 

@@ -76,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", default=None, help="HOST:PORT (default: [web] listen)")
     s.add_argument("--idle-exit-s", type=float, default=None, help="exit after this idle time")
 
+    s = sub.add_parser("scan", help="list the meters answering on a wired M-Bus line")
+    s.add_argument("--port", required=True, help="serial device, e.g. /dev/ttyUSB0")
+    s.add_argument("--baudrate", type=int, choices=[300, 2400, 9600], default=2400)
+    s.add_argument("--secondary", action="store_true", help="secondary (wildcard) search")
+    s.add_argument("--max-address", type=int, default=250, help="primary sweep 0..N")
+    s.add_argument(
+        "--timeout-s",
+        type=float,
+        default=None,
+        help="reply timeout (default: 330 bit times + 50 ms)",
+    )
+
     s = sub.add_parser("demo", help="simulator + agent + broker + live view on this machine")
     s.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     s.add_argument("--seconds", type=float, default=None, help="stop after this long")
@@ -197,6 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_level is None:
             setup_logging(cfg.log_level)
         return run_serve(cfg, args.listen, args.idle_exit_s)
+
+    if args.cmd == "scan":
+        from agent.scan import run_scan
+
+        return run_scan(
+            args.port, args.baudrate, args.secondary, sys.stdout, args.max_address, args.timeout_s
+        )
 
     if args.cmd == "demo":
         from agent.demo import run_demo

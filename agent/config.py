@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drivers.mbus_map import available_mbus_profiles
 from drivers.profile import ProfileError, available_profiles, load_profile
 
 SITE_RE = re.compile(r"^[a-z0-9-]{1,64}$")
@@ -138,6 +139,8 @@ class DeviceCfg:
     parity: str = "N"
     stopbits: int = 1
     rs485: bool = False
+    address: int | None = None  # mbus: primary address 0..250
+    secondary: str | None = None  # mbus: 8-digit identification number
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,8 +342,8 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
 DEVICE_SCHEMA: dict[str, tuple[Check, bool]] = {
     "name": (_str(DEVICE_RE, "[a-z0-9_-]{1,32}"), True),
     "role": (_choice(*ROLES), True),
-    "profile": (_str(re.compile(r"^[A-Za-z0-9_.-]{1,64}$"), "a profile name"), True),
-    "transport": (_choice("tcp", "rtu"), True),
+    "profile": (_str(re.compile(r"^[A-Za-z0-9_.-]{1,64}$"), "a profile name"), False),
+    "transport": (_choice("tcp", "rtu", "mbus"), True),
     "host": (_str(re.compile(r"^[A-Za-z0-9_.:-]{1,253}$"), "a host name or address"), False),
     "port": (_port, False),
     "unit": (_int(0, 247), False),
@@ -351,7 +354,50 @@ DEVICE_SCHEMA: dict[str, tuple[Check, bool]] = {
     "parity": (_choice("N", "E", "O"), False),
     "stopbits": (_int(1, 2), False),
     "rs485": (_bool, False),
+    "address": (_int(0, 250), False),
+    "secondary": (_str(re.compile(r"^[0-9]{8}$"), "8 digits (the identification number)"), False),
 }
+
+MBUS_BAUDRATES = (300, 2400, 9600)
+MBUS_UNUSED = ("host", "unit", "parity", "stopbits", "rs485")
+
+
+def _check_transport(vals: dict[str, Any], d: Any, where: str, problems: list[str]) -> None:
+    """M-Bus devices (``_check_mbus``); the M-Bus keys on others; a Modbus profile."""
+    if vals.get("transport") == "mbus":
+        _check_mbus(vals, where, problems)
+        return
+    for k in ("address", "secondary"):
+        if k in vals:
+            problems.append(f"{where}.{k}: only used with transport mbus")
+    if isinstance(d, dict) and "profile" not in d:
+        problems.append(f"{where}.profile: missing (required)")
+
+
+def _check_mbus(vals: dict[str, Any], where: str, problems: list[str]) -> None:
+    """A wired M-Bus device (contract 2a): serial port, 8E1 at 300/2400/9600 baud, a
+    primary ``address`` or a ``secondary`` address, an M-Bus profile (default ``mbus``).
+    Fills the defaults into ``vals``: profile ``mbus``, 2400 baud, and the standard reply
+    timeout (330 bit times + 50 ms) unless ``timeout_s`` is given."""
+    port = vals.get("port")
+    if not isinstance(port, str):
+        problems.append(f"{where}.port: must be a serial device path for transport mbus")
+    for k in MBUS_UNUSED:
+        if k in vals:
+            problems.append(f"{where}.{k}: not used with transport mbus")
+    baud = vals.setdefault("baudrate", 2400)
+    if baud not in MBUS_BAUDRATES:
+        problems.append(f"{where}.baudrate: must be 300, 2400 or 9600 for transport mbus")
+    if ("address" in vals) == ("secondary" in vals):
+        problems.append(f"{where}.address: give either address (0..250) or secondary")
+    prof = vals.setdefault("profile", "mbus")
+    known = available_mbus_profiles()
+    if prof not in known:
+        problems.append(f"{where}.profile: no M-Bus profile {prof!r} (have: {', '.join(known)})")
+    if vals.get("role", "heat_meter") != "heat_meter":
+        problems.append(f"{where}.role: transport mbus reads heat meters (role heat_meter)")
+    vals.setdefault("timeout_s", round(330.0 / float(baud) + 0.05, 4))
+
 
 REQUIRED_TABLES = ("site", "mqtt", "keys", "storage")
 
@@ -417,12 +463,14 @@ def validate(
             isinstance(d, dict)
             and all(k in vals for k in d if k in DEVICE_SCHEMA)
             and all(k in vals for k, (_, req) in DEVICE_SCHEMA.items() if req)
+            and (vals.get("transport") == "mbus" or "profile" in vals)
         )
         name = vals.get("name")
         if name is not None and name in names:
             problems.append(f"{where}.name: duplicate device name {name!r}")
         names.add(str(name))
         transport = vals.get("transport")
+        _check_transport(vals, d, where, problems)
         port = vals.get("port", 502 if transport == "tcp" else None)
         if transport == "tcp" and "port" in vals and not isinstance(port, int):
             problems.append(f"{where}.port: must be a TCP port number for transport tcp")
@@ -432,7 +480,7 @@ def validate(
             if "host" in vals:
                 problems.append(f"{where}.host: not used with transport rtu")
         prof = vals.get("profile")
-        if prof is None:
+        if prof is None or transport == "mbus":
             pass
         elif prof not in known_profiles:
             problems.append(

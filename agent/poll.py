@@ -8,13 +8,37 @@ from typing import Any, TextIO
 
 from agent.config import Config, DeviceCfg
 from drivers.clock_sys import SystemClock
-from drivers.device import Device, DevicePool, DeviceSpec
+from drivers.device import AnyDevice, DevicePool, DeviceSpec
+from drivers.mbus_device import MbusDevice, MbusSpec
 from drivers.profile import load_profile
 from drivers.types import Clock, Reading
 
 
 def device_spec(d: DeviceCfg) -> DeviceSpec:
-    """The driver's view of one configured device."""
+    """The driver's view of one configured Modbus device."""
+    if d.transport == "mbus":
+        raise ValueError(f"{d.name}: an M-Bus device (driver_spec)")
+    return _modbus_spec(d)
+
+
+def driver_spec(d: DeviceCfg) -> DeviceSpec | MbusSpec:
+    """The driver's view of one configured device, Modbus or wired M-Bus."""
+    if d.transport == "mbus":
+        return MbusSpec(
+            name=d.name,
+            role=d.role,
+            port=str(d.port),
+            baudrate=d.baudrate,
+            address=d.address,
+            secondary=d.secondary,
+            profile=d.profile,
+            timeout_s=d.timeout_s,
+            retries=d.retries,
+        )
+    return _modbus_spec(d)
+
+
+def _modbus_spec(d: DeviceCfg) -> DeviceSpec:
     return DeviceSpec(
         name=d.name,
         role=d.role,
@@ -32,8 +56,8 @@ def device_spec(d: DeviceCfg) -> DeviceSpec:
     )
 
 
-def reading_json(r: Reading, dev: Device) -> dict[str, Any]:
-    return {
+def reading_json(r: Reading, dev: AnyDevice) -> dict[str, Any]:
+    out = {
         "name": r.device,
         "role": r.role,
         "health": str(dev.health),
@@ -44,12 +68,17 @@ def reading_json(r: Reading, dev: Device) -> dict[str, Any]:
         "values": {k: v.to_json() for k, v in r.values.items()},
         "counters": dict(dev.counters),
     }
+    if isinstance(dev, MbusDevice):  # the meter's identity and stored (billing-date) values
+        out["identity"] = dev.identity
+        out["stored"] = dev.stored
+        out["line"] = {"garbage_bytes": dev.line.garbage_bytes, "stale_bytes": dev.line.stale_bytes}
+    return out
 
 
 async def _poll(cfg: Config, clock: Clock) -> list[dict[str, Any]]:
     pool = DevicePool(clock)
     try:
-        devices = [pool.add(device_spec(d)) for d in cfg.devices]
+        devices = [pool.add(driver_spec(d)) for d in cfg.devices]
         out = []
         for dev in devices:  # one after another: devices may share a serial line
             r = await dev.read()

@@ -36,14 +36,15 @@ from agent.keys import load_private
 from agent.limiter import LimiterParams, LimiterState, MeterInput
 from agent.limiter import step as limiter_step
 from agent.logs import RateLimiter
+from agent.meters import MeterWatch, disk_flags, restored_sample
 from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
-from agent.poll import device_spec
+from agent.poll import driver_spec
 from agent.remote import apply_overlay
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
 from agent.uplink import MqttSettings, Uplink
-from drivers.device import Device, DevicePool
+from drivers.device import OFFLINE_AFTER, OFFLINE_AFTER_S, AnyDevice, Device, DevicePool
 from drivers.types import Clock, Reading
 
 log = logging.getLogger("dh.agent")
@@ -54,7 +55,7 @@ T = TypeVar("T")
 class Channel:
     """Per-device pipeline state."""
 
-    device: Device
+    device: AnyDevice
     params: agg.RecordParams
     state: agg.AggState
     pending: list[agg.Sample] = field(default_factory=list)
@@ -72,10 +73,11 @@ def release_free_memory() -> None:
 
 
 def record_params(
-    cfg: Config, name: str, role: str, rollover: Mapping[str, float]
+    cfg: Config, name: str, role: str, rollover: Mapping[str, float], poll_s: float = 1.0
 ) -> agg.RecordParams:
     heat = role == "heat_meter"
     return agg.RecordParams(
+        gap_s=max(10.0, 1.5 * poll_s),  # a slow meter (M-Bus, 10-60 s): a poll apart is no gap
         device=name,
         role=role,
         period_s=cfg.site.period_s,
@@ -122,7 +124,7 @@ def to_sample(r: Reading, ts: float, extra: frozenset[str]) -> agg.Sample:
         flags.add("meter_error")
     if any(not v.good for v in r.values.values()):
         flags.add("meter_error")
-    return agg.Sample(ts=ts, values=vals, flags=frozenset(flags))
+    return agg.Sample(ts=ts, values=vals, flags=frozenset(flags), meter_id=r.meter_id)
 
 
 class Agent:
@@ -141,6 +143,7 @@ class Agent:
         self.boot = 0
         self.stamper = ReadingStamper()
         self.monitors = Monitors(monitor_params(cfg))
+        self.meters = MeterWatch()  # meter identity: replacement, stored values
         self.lparams = limiter_params(cfg)
         self.lstate = LimiterState.initial()
         self.meter: Channel | None = None  # the heat meter the limiter follows (the first)
@@ -203,21 +206,24 @@ class Agent:
         self.boot = await self.call(store.next_boot)
         await self.remote.load_seen()
         for d in cfg.devices:
-            spec = device_spec(d)
+            spec = driver_spec(d)
             dev = self.pool.add(spec)
-            rollover = {r.name: r.rollover for r in spec.profile.registers if r.rollover}
+            rollover = dev.rollover
             raw = await self.call(store.load_agg_state, d.name)
             state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
-            ch = Channel(dev, record_params(cfg, d.name, d.role, rollover), state, poll_s=d.poll_s)
+            ch = Channel(
+                dev, record_params(cfg, d.name, d.role, rollover, d.poll_s), state, poll_s=d.poll_s
+            )
+            # health: a slow meter is not offline after one missed poll
+            dev.offline_after_s = max(dev.offline_after_s, OFFLINE_AFTER * d.poll_s)
             since = state.boundary if state.boundary is not None else 0.0
             rows = await self.call(store.samples_since, d.name, float(since))
             ch.pending = [
-                agg.Sample(ts=r.ts, values=r.values, flags=frozenset(r.flags))
-                for r in rows
-                if r.ts is not None
+                restored_sample(r.ts, r.values, r.flags) for r in rows if r.ts is not None
             ]
+            self.meters.seed(d.name, state, ch.pending)
             self.channels[d.name] = ch
-            if d.role == "actuator" and d.name == cfg.limiter.actuator:
+            if d.role == "actuator" and d.name == cfg.limiter.actuator and isinstance(dev, Device):
                 self.actuator = dev
             if d.role == "heat_meter" and self.meter is None:
                 self.meter = ch
@@ -275,7 +281,8 @@ class Agent:
             if ch is None:
                 continue
             ch.poll_s = d.poll_s
-            ch.params = record_params(cfg, d.name, d.role, ch.params.rollover)
+            ch.params = record_params(cfg, d.name, d.role, ch.params.rollover, d.poll_s)
+            ch.device.offline_after_s = max(OFFLINE_AFTER_S, OFFLINE_AFTER * d.poll_s)
         log.info("config applied: version %d", self.remote.version)
 
     def limiter_params(self, cfg: Config) -> LimiterParams:
@@ -332,6 +339,8 @@ class Agent:
         values = {k: (v.value if v.good else None) for k, v in r.values.items()}
         for ev in self.monitors.observe(name, role, r.ts, values, r.ok):
             await self.emit_event(ev)
+        for ev in self.meters.observe(name, r, getattr(ch.device, "stored", None)):
+            await self.emit_event(ev)
         if ch is self.meter and (
             self.lparams.flow_limit_m3h is not None or self.lparams.power_limit_kw is not None
         ):
@@ -349,7 +358,7 @@ class Agent:
         for rr, ts, flags in stamped:
             if self.limiting and role == "heat_meter":
                 flags = flags | {"limited"}
-            s = to_sample(rr, ts, flags)
+            s = to_sample(rr, ts, flags | self.meters.sample_flags(name, rr.meter_id))
             ch.pending.append(s)
             # to disk (for a restart mid-period and `status`): one reading per
             # sample_every_s, and every flagged one; all of them feed the records in memory
@@ -365,7 +374,7 @@ class Agent:
                     synced=rr.synced,
                     ok=rr.ok,
                     values=dict(s.values),
-                    flags=sorted(s.flags),
+                    flags=disk_flags(s),
                 )
             )
         await self.close_periods(ch)

@@ -127,6 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{figures['walk_us']} us; ratio {figures['decode_ratio']}",
         flush=True,
     )
+    from bench.mbus_line import measure_line  # the line figures (bench/mbus_line.py)
+
+    line = measure_line()
+    print(
+        f"line at 2400 baud: {line['requests_per_poll']} requests a poll (target 1.0), "
+        f"line overhead {line['line_overhead']} (target <= 1.15)",
+        flush=True,
+    )
+    figures.update(requests_per_poll=line["requests_per_poll"], line_overhead=line["line_overhead"])
     print(json.dumps(figures))
     return 0
 

@@ -40,7 +40,7 @@ import math
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar, Union, overload
 
 from drivers.modbus import (
     Bus,
@@ -52,6 +52,10 @@ from drivers.modbus import (
 )
 from drivers.profile import Profile, ReadBlock, decode_block, encode, plan_reads
 from drivers.types import Clock, Health, Quality, Reading, Value
+
+if TYPE_CHECKING:
+    from drivers.mbus_device import MbusDevice, MbusSpec
+    from drivers.mbus_master import MbusLine
 
 __all__ = [
     "Device",
@@ -243,6 +247,10 @@ class Device:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def rollover(self) -> dict[str, float]:
+        return {r.name: r.rollover for r in self.spec.profile.registers if r.rollover}
+
     async def _attempts(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Run one bus operation with the spec's retries; raises the last TransportError."""
         c = self.counters
@@ -311,6 +319,14 @@ class Device:
                 spec.name,
                 ", ".join(f"{k}={v.value:g} {v.quality}" for k, v in values.items() if not v.good),
             )
+        # a heat meter whose profile names a `serial` register: its identity (meter swaps)
+        serial = values.get("serial")
+        meter_id = (
+            str(int(serial.value))
+            if spec.role == "heat_meter" and serial is not None and serial.good
+            and math.isfinite(serial.value)
+            else None
+        )  # fmt: skip
         return Reading(
             device=spec.name,
             role=spec.role,
@@ -320,6 +336,7 @@ class Device:
             ok=ok,
             values=values,
             error=error,
+            meter_id=meter_id,
         )
 
     async def write(self, name: str, value: float) -> None:
@@ -352,23 +369,58 @@ class Device:
             await self.bus.close()
 
 
+AnyDevice = Union[Device, "MbusDevice"]
+
+
 class DevicePool:
     """Creates devices, sharing one bus (and its lock) per serial port and per TCP
-    host:port. Devices on one serial port must agree on its line settings."""
+    host:port. Devices on one serial port must agree on its line settings. Wired M-Bus
+    meters on one port share one ``MbusLine`` (and its lock)."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self.buses: dict[tuple[str, ...], Bus] = {}
-        self.devices: dict[str, Device] = {}
+        self.buses: dict[tuple[str, ...], Bus | MbusLine] = {}
+        self.devices: dict[str, AnyDevice] = {}
 
-    def add(self, spec: DeviceSpec) -> Device:
+    def _add_mbus(self, spec: MbusSpec) -> MbusDevice:
+        from drivers.mbus_device import MbusDevice
+        from drivers.mbus_master import MbusLine
+
+        key = ("rtu", spec.port)
+        line = self.buses.get(key)
+        if line is None:
+            line = self.buses[key] = MbusLine(spec.port, spec.baudrate)
+        elif not isinstance(line, MbusLine) or line.baudrate != spec.baudrate:
+            raise ValueError(
+                f"device {spec.name!r}: M-Bus at {spec.baudrate} baud on {spec.port}, "
+                "which another device uses differently"
+            )
+        dev = MbusDevice(spec, self.clock, line)
+        self.devices[spec.name] = dev
+        return dev
+
+    @overload
+    def add(self, spec: DeviceSpec) -> Device: ...
+    @overload
+    def add(self, spec: MbusSpec) -> MbusDevice: ...
+    @overload
+    def add(self, spec: DeviceSpec | MbusSpec) -> AnyDevice: ...
+
+    def add(self, spec: DeviceSpec | MbusSpec) -> AnyDevice:
         if spec.name in self.devices:
             raise ValueError(f"device {spec.name!r} added twice")
+        if not isinstance(spec, DeviceSpec):
+            return self._add_mbus(spec)
         key = bus_key(spec)
-        bus = self.buses.get(key)
-        if bus is None:
-            bus = self.buses[key] = make_bus(spec)
-        elif isinstance(bus, RtuBus):
+        found = self.buses.get(key)
+        if found is None:
+            bus: Bus = make_bus(spec)
+            self.buses[key] = bus
+        elif not isinstance(found, Bus):
+            raise ValueError(f"device {spec.name!r}: {spec.port} is an M-Bus line")
+        else:
+            bus = found
+        if isinstance(bus, RtuBus):
             want = (spec.baudrate, spec.parity, spec.stopbits, spec.rs485)
             if bus.settings() != want:
                 raise ValueError(

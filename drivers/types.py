@@ -63,6 +63,7 @@ class Reading:
     ok: bool
     values: dict[str, Value] = field(default_factory=dict)
     error: str | None = None
+    meter_id: str | None = None  # the meter's identity where the device reports one (M-Bus)
 
     def good(self, name: str) -> float | None:
         """The value of ``name`` if present and of good quality, else None."""

@@ -1,6 +1,7 @@
 """dh-sim: the meter simulator (contract section 6).
 
-First stdout line (flushed): {"tcp": "HOST:PORT" | null, "rtu": "/dev/pts/N" | null}.
+First stdout line (flushed): {"tcp": "HOST:PORT" | null, "rtu": "/dev/pts/N" | null,
+"mbus": "/dev/pts/N" | null}.
 Runs until SIGTERM/SIGINT, then exits 0.
 """
 
@@ -37,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
             "District-heating substation simulator: Modbus unit 1 heat meter, unit 2 "
             "pressure-difference sensor, unit 3 valve actuator (profiles sim-heat-meter, "
             "sim-dp-sensor, sim-actuator). Prints one JSON line "
-            '{"tcp": "HOST:PORT"|null, "rtu": "/dev/pts/N"|null}, then serves until '
-            "SIGTERM/SIGINT."
+            '{"tcp": "HOST:PORT"|null, "rtu": "/dev/pts/N"|null, "mbus": "/dev/pts/N"|null}, '
+            "then serves until SIGTERM/SIGINT."
         ),
     )
     ap.add_argument(
@@ -50,6 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--rtu-pty", action="store_true", help="serve Modbus RTU on a new pseudo-terminal"
+    )
+    ap.add_argument(
+        "--mbus-pty",
+        action="store_true",
+        help="serve the heat meter as a wired M-Bus slave (primary address 1) on a new "
+        "pseudo-terminal",
+    )
+    ap.add_argument(
+        "--mbus-baud",
+        type=int,
+        choices=[300, 2400, 9600],
+        help="M-Bus: emulate the line time of this baud rate (11 bits a byte)",
+    )
+    ap.add_argument(
+        "--mbus-second-meter",
+        action="store_true",
+        help="M-Bus: a second meter at primary address 2 on the same line",
+    )
+    ap.add_argument(
+        "--meter-swap-after-s", type=float, help="replace the heat meter once, s after start"
     )
     ap.add_argument("--scenario", default="steady", choices=scenario_names())
     ap.add_argument("--seed", type=int, default=0, help="all randomness derives from it")
@@ -79,15 +100,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["counter_reset_after_s"] = args.counter_reset_after_s
     if args.fault_rate is not None:
         r = args.fault_rate
-        o.update(p_timeout=r, p_bad_crc=r, p_exception=r, p_absurd=r)
+        o.update(p_timeout=r, p_bad_crc=r, p_exception=r, p_absurd=r, p_mbus_cut=r)
     if args.watchdog_s is not None:
         o["watchdog_s"] = args.watchdog_s
+    if args.meter_swap_after_s is not None:
+        o["meter_swap_after_s"] = args.meter_swap_after_s
     return o
 
 
 async def _serve(args: argparse.Namespace) -> int:
     tcp = args.tcp
-    if tcp is None and not args.rtu_pty:
+    if tcp is None and not args.rtu_pty and not args.mbus_pty:
         tcp = ("127.0.0.1", 0)
     params = get_scenario(args.scenario, **_overrides(args))
     stop = asyncio.Event()
@@ -102,6 +125,9 @@ async def _serve(args: argparse.Namespace) -> int:
         truth_path=args.truth,
         step_s=args.step_s,
         params=params,
+        mbus_pty=args.mbus_pty,
+        mbus_baud=args.mbus_baud,
+        mbus_second=args.mbus_second_meter,
     ) as sim:
         sys.stdout.write(json.dumps(sim.endpoints()) + "\n")
         sys.stdout.flush()

@@ -107,6 +107,7 @@ class Plant:
         self.limit_active = False
         self._limit_written_at: float | None = None
         self._reset_done = False
+        self.meter_swaps = 0  # meter replacements so far (meter-swap scenario)
         # faults injected by the plant itself (the server adds request-level ones)
         self.faults: Counter[str] = Counter()
         self.events: list[tuple[float, str]] = []
@@ -182,6 +183,15 @@ class Plant:
             self.energy_kwh = 0.0
             self.faults["counter_reset"] += 1
             self.events.append((self.t, "counter_reset"))
+        if (
+            p.meter_swap_after_s is not None
+            and self.meter_swaps == 0
+            and self.t >= self.t0 + p.meter_swap_after_s
+        ):
+            self.meter_swaps += 1  # a new meter: its registers start near zero
+            self.energy_kwh = p.swap_energy_kwh
+            self.volume_m3 = p.swap_volume_m3
+            self.events.append((self.t, "meter_swap"))
 
     # --- state -------------------------------------------------------------------------
 

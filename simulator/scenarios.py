@@ -16,6 +16,14 @@ Scenarios:
                  ``outage_after_s`` for ``outage_duration_s``, then recovers.
 ``low-dp``       ``steady`` physics with the network pressure difference well below the
                  60 kPa of the general terms (about 35-50 kPa).
+``meter-swap``   ``steady`` physics; the heat meter is replaced after ``meter_swap_after_s``:
+                 a new identification number (M-Bus) and serial (Modbus), registers
+                 restarting near zero.
+
+On the M-Bus slave (``--mbus-pty``) the request faults are: ``p_timeout`` no answer,
+``p_bad_crc`` a bad checksum, ``p_mbus_cut`` a reply cut short, ``p_exception`` a status
+byte with an error bit, ``p_mbus_multi`` a reading split into two telegrams,
+``p_mbus_noise`` three bytes of line noise before the reply.
 """
 
 from __future__ import annotations
@@ -73,6 +81,13 @@ class ScenarioParams:
     p_bad_crc: float = 0.0  # RTU only; on TCP that share of requests is answered normally
     p_exception: float = 0.0
     p_absurd: float = 0.0
+    p_mbus_cut: float = 0.0  # M-Bus only: the reply stops half way
+    p_mbus_multi: float = 0.0  # M-Bus only: the reading comes in two telegrams
+    p_mbus_noise: float = 0.0  # M-Bus only: line noise (3 bytes) before the reply
+    # --- meter replacement: new identity, registers restart at these values
+    meter_swap_after_s: float | None = None
+    swap_energy_kwh: float = 2.0
+    swap_volume_m3: float = 0.03
 
 
 _STEADY = ScenarioParams(name="steady")
@@ -98,9 +113,13 @@ SCENARIOS: dict[str, ScenarioParams] = {
         p_bad_crc=0.03,
         p_exception=0.03,
         p_absurd=0.03,
+        p_mbus_cut=0.03,
+        p_mbus_multi=0.05,
+        p_mbus_noise=0.03,
     ),
     "outage": replace(_STEADY, name="outage", outage_after_s=20.0, outage_duration_s=30.0),
     "low-dp": replace(_STEADY, name="low-dp", dp_nominal_kpa=60.0, dp_load_drop_kpa=40.0),
+    "meter-swap": replace(_STEADY, name="meter-swap", meter_swap_after_s=30.0),
 }
 
 

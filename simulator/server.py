@@ -30,6 +30,7 @@ from pymodbus.server import ModbusTcpServer
 
 from drivers.clock_sys import SystemClock
 from drivers.types import Clock
+from simulator.mbus import MBUS_FAULT_KINDS, MbusResponder, default_slaves
 from simulator.plant import Plant
 from simulator.rtu import RtuResponder
 from simulator.scenarios import ScenarioParams
@@ -94,6 +95,9 @@ class SimServer:
         clock: Clock | None = None,
         params: ScenarioParams | None = None,
         watchdog_s: float | None = None,
+        mbus_pty: bool = False,
+        mbus_baud: int | None = None,
+        mbus_second: bool = False,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.plant = Plant(scenario, seed, t0=self.clock.wall(), params=params)
@@ -109,6 +113,9 @@ class SimServer:
         self.tcp_address: tuple[str, int] | None = None
         self.rtu_path: str | None = None
         self.rtu: RtuResponder | None = None
+        self._mbus_wanted = (mbus_pty, mbus_baud, mbus_second)
+        self.mbus: MbusResponder | None = None
+        self.mbus_path: str | None = None
         self._tcp_server: ModbusTcpServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._next_truth = math.floor(self.plant.t) + 1
@@ -138,6 +145,17 @@ class SimServer:
             if self._rtu_wanted:
                 self.rtu = RtuResponder(self.bank)
                 self.rtu_path = self.rtu.open()
+            if self._mbus_wanted[0]:
+                slaves = default_slaves(self.plant, self.plant.seed, self._mbus_wanted[2])
+                self.mbus = MbusResponder(
+                    self.plant,
+                    slaves,
+                    baud=self._mbus_wanted[1],
+                    sync=self.advance,
+                    faults=self.faults,
+                    seed=self.plant.seed,
+                )
+                self.mbus_path = self.mbus.open()
             self._task = asyncio.create_task(self._run())
         except BaseException:
             await self.close()
@@ -163,6 +181,8 @@ class SimServer:
             self._tcp_server = None
         if self.rtu is not None:
             self.rtu.close()
+        if self.mbus is not None:
+            self.mbus.close()
         if self._truth is not None:
             self._truth.close()
             self._truth = None
@@ -187,7 +207,7 @@ class SimServer:
             self.plant.step(now - self.plant.t)
 
     def _emit_truth(self, t: float) -> None:
-        new = {k: self.faults[k] - self._faults_seen[k] for k in FAULT_KINDS}
+        new = {k: self.faults[k] - self._faults_seen[k] for k in (*FAULT_KINDS, *MBUS_FAULT_KINDS)}
         self._faults_seen = Counter(self.faults)
         if self._truth is None:
             return
@@ -199,6 +219,7 @@ class SimServer:
         self.truth_lines += 1
 
     def endpoints(self) -> dict[str, str | None]:
-        """The first stdout line of dh-sim: {"tcp": "HOST:PORT" | None, "rtu": path | None}."""
+        """The first stdout line of dh-sim: {"tcp": "HOST:PORT" | None, "rtu": path | None,
+        "mbus": path | None}."""
         tcp = f"{self.tcp_address[0]}:{self.tcp_address[1]}" if self.tcp_address else None
-        return {"tcp": tcp, "rtu": self.rtu_path}
+        return {"tcp": tcp, "rtu": self.rtu_path, "mbus": self.mbus_path}

@@ -97,7 +97,7 @@ class SlaveBank:
             v = {
                 "device_type": 0x4801,
                 "status": 0.0,
-                "serial": float(self.serial),
+                "serial": float(self.serial + 1111 * pl.meter_swaps),  # a new meter, new serial
                 "operating_hours": float(self._op_hours0 + int((pl.t - pl.t0) // 3600)),
                 "energy_kwh": pl.energy_kwh,
                 "energy_unit": 0.0,

@@ -241,3 +241,92 @@ def test_property_periods_once_linked_and_conserved(
     # chunked arrival with restarts gives the same records as all at once
     # (when no out-of-order sample straddles a chunk cut, which `run` cannot guarantee;
     # so compare only the linking, checked above)
+
+
+def with_id(s: Sample, mid: str) -> Sample:
+    return Sample(ts=s.ts, values=s.values, flags=s.flags, meter_id=mid)
+
+
+def test_meter_swap_ends_one_series_and_starts_the_next() -> None:
+    t0 = 1_700_000_040.0
+    old = [with_id(hm(t0 + k * 10, 5000.0 + k, 10.0 + k / 100), "11111111") for k in range(10)]
+    # the new meter starts higher than the old one ended: still no energy invented
+    new = [
+        with_id(hm(t0 + k * 10, 9000.0 + (k - 11), 0.5 + (k - 11) / 100), "22222222")
+        for k in range(11, 25)
+    ]
+    recs = run(old + new)
+    assert not any("counter_reset" in r["flags"] for r in recs)
+    swapped = [r for r in recs if "meter_replaced" in r["flags"]]
+    assert len(swapped) == 1, [r["flags"] for r in recs]
+    for a, b in itertools.pairwise(recs):
+        assert a["energy_end_kwh"] == b["energy_start_kwh"]
+    # measured: old 5000..5009 (9 kWh), new 9000..9013 (13 kWh)
+    assert sum(r["energy_kwh"] for r in recs) <= 9 + 13 + 1e-6
+    first = recs.index(swapped[0])
+    last = recs.index(swapped[-1])
+    assert all(r["meter_id"] == "11111111" for r in recs[:first])
+    assert all(r["meter_id"] == "22222222" for r in recs[last:])
+    assert recs[last]["energy_end_kwh"] >= 9000.0
+    assert recs[first]["energy_start_kwh"] <= 5009.0
+
+
+@st.composite
+def swap_streams(draw: st.DrawFn) -> tuple[list[Sample], float, float]:
+    """A meter replaced once: ids change at ``swap_at``; the new meter's register starts
+    at a random value (below or above the old one's). Returns the samples in arrival
+    order and what each meter measured between its first and last reading."""
+    rnd = random.Random(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(6, 300))
+    swap_at = draw(st.integers(1, n - 1))
+    new0 = draw(st.sampled_from([0.0, 3.0, 500.0, 50_000.0]))
+    t = 1_700_000_000.0 + draw(st.floats(0, 3 * P))
+    e_true = 1000.0
+    regs: list[float] = []
+    pts: list[Sample] = []
+    for k in range(n):
+        t += rnd.choice([1.0, 1.0, 0.5, 7.0, 45.0, 200.0])
+        e_true += rnd.uniform(0, 3)
+        if k == swap_at:
+            e_true = new0 + rnd.uniform(0, 1)
+        reg = round(math.floor(e_true / RES) * RES, 1)
+        regs.append(reg)
+        mid = "00000001" if k < swap_at else "00000002"
+        pts.append(with_id(hm(t, reg, 1.0), mid))
+        if rnd.random() < 0.05:
+            pts.append(with_id(hm(t, reg, 1.0), mid))
+    arrival = pts[:]
+    for i in range(0, len(arrival) - 3, 3):
+        if rnd.random() < 0.3:
+            arrival[i], arrival[i + 1] = arrival[i + 1], arrival[i]
+    return arrival, regs[swap_at - 1] - regs[0], regs[-1] - regs[swap_at]
+
+
+@settings(max_examples=150, deadline=None)
+@given(swap_streams(), st.integers(1, 12), st.integers(0, 1000))
+def test_property_meter_swap_conserves_each_series(
+    data: tuple[list[Sample], float, float], chunks: int, seed: int
+) -> None:
+    samples, old_measured, new_measured = data
+    recs = run(samples, HM, chunks, seed)
+    if not recs:
+        return
+    assert not any("counter_reset" in r["flags"] for r in recs)
+    assert all(r["energy_kwh"] is None or r["energy_kwh"] >= 0 for r in recs)
+    for a, b in itertools.pairwise(recs):
+        assert a["energy_end_kwh"] == b["energy_start_kwh"]
+    total = sum(r["energy_kwh"] for r in recs)
+    assert total <= old_measured + new_measured + 2 * RES + 1e-6  # nothing invented
+    flagged = [i for i, r in enumerate(recs) if "meter_replaced" in r["flags"]]
+    if not flagged:  # the swap lies before the first record or after the last one
+        return
+    assert len(flagged) == 1  # one junction: the period of the new meter's first reading
+    # each side of the junction is a conserved series of its own meter
+    for side, mid in ((recs[: flagged[0]], "00000001"), (recs[flagged[-1] + 1 :], "00000002")):
+        if not side:
+            continue
+        assert all(r["meter_id"] == mid for r in side)
+        diff = side[-1]["energy_end_kwh"] - side[0]["energy_start_kwh"]
+        assert math.isclose(
+            sum(r["energy_kwh"] for r in side), diff, abs_tol=1e-6 * len(side) + 1e-6
+        )

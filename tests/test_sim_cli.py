@@ -50,7 +50,7 @@ def test_dh_sim_tcp_rtu_truth(tmp_path: Path) -> None:
         "--truth", str(truth),
     )  # fmt: skip
     try:
-        assert set(ep) == {"tcp", "rtu"}
+        assert set(ep) == {"tcp", "rtu", "mbus"} and ep["mbus"] is None  # contract section 6
         assert isinstance(ep["tcp"], str) and isinstance(ep["rtu"], str)
         host, port = ep["tcp"].rsplit(":", 1)
         assert host == "127.0.0.1" and int(port) > 0
