@@ -65,6 +65,12 @@ class Channel:
     poll_now: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def _profile_name(device: Any) -> str:
+    """A device's profile name (Modbus: a loaded register map; M-Bus: its name)."""
+    prof = device.spec.profile
+    return prof if isinstance(prof, str) else str(prof.name)
+
+
 def release_free_memory() -> None:
     """Hand the heap freed by imports and start-up back to the OS (glibc malloc_trim):
     a daemon on a small box should not keep its start-up peak for years."""
@@ -516,7 +522,7 @@ class Agent:
             devices=[
                 snapshot.DeviceView(
                     name=name, role=ch.params.role, transport=ch.device.spec.transport,
-                    profile=ch.device.spec.profile.name, health=str(ch.device.health),
+                    profile=_profile_name(ch.device), health=str(ch.device.health),
                     last=ch.last, counters=ch.device.counters,
                     identity=snapshot.identity_of(ch.device),
                 )
