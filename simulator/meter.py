@@ -40,8 +40,13 @@ class MeterDisplay:
         due = (
             self.update_s <= 0.0
             or self.updated_at is None
-            or math.floor(t / self.update_s + 1e-9) > math.floor(self.updated_at / self.update_s + 1e-9)
+            or math.floor(t / self.update_s + 1e-9)
+            > math.floor(self.updated_at / self.update_s + 1e-9)
         )
         if due:
-            self.shown = {**self._lagged, "volume_m3": live["volume_m3"], "energy_kwh": live["energy_kwh"]}
+            self.shown = {
+                **self._lagged,
+                "volume_m3": live["volume_m3"],
+                "energy_kwh": live["energy_kwh"],
+            }
             self.updated_at = t
