@@ -162,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             now = time.time()
             print(status_summary(store, now))
             from agent.advice import YEAR_S, contract_review, describe
+            from agent.limiter_store import status_lines
+
+            print("\n".join(status_lines(store, now)))
 
             c = cfg.contract
             for d in cfg.devices:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from agent.limiter_override import view
 from agent.limiter_state import LimiterState, from_json, to_json
 
 KEY = "limiter_state"
@@ -32,3 +33,23 @@ def save(store: MetaStore, state: LimiterState) -> None:
 def load(store: MetaStore) -> LimiterState | None:
     """The saved state, or None (none saved, unreadable, another version)."""
     return from_json(store.get_meta(KEY))
+
+
+def status_lines(store: MetaStore, now: float) -> list[str]:
+    """The limiter's part of ``dh-agent status``: whether a limit is in force, the
+    return-temperature limitation and a timed override in force."""
+    s = load(store)
+    if s is None:
+        return ["limiter: no state saved"]
+    if s.limiting:
+        pct = "?" if s.applied_pct is None else f"{s.applied_pct:g} %"
+        out = [f"limiter: limiting, actuator limit {pct}"]
+    else:
+        out = ["limiter: not limiting"]
+    if s.ret_allow is not None:
+        out.append(f"return-temperature limitation: engaged, flow allowed {s.ret_allow:.3f} m3/h")
+    o = view(s.override, now)
+    if o is not None:
+        what = ", ".join(f"{k} {o[k]:g}" for k in ("flow_limit_m3h", "power_limit_kw") if k in o)
+        out.append(f"limit override: {what} until {o['until']} (id {o['id']})")
+    return out

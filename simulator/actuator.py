@@ -68,10 +68,14 @@ class Actuator:
         self.limit_pct = 100.0  # where the stroke limit actually is
         self.moving = False
 
-    def command(self, pct: float) -> None:
+    def command(self, pct: float, position: float | None = None) -> None:
         """A new limit is written. Within the deadband of where the actuator stands, it
-        does not start moving (a moving actuator follows the new target)."""
+        does not start moving (a moving actuator follows the new target). ``position``:
+        where the valve actually is; a limit above it is only virtual, so a lower
+        command starts closing from the position, not from the old limit."""
         self.command_pct = _clamp(pct, 0.0, 100.0)
+        if position is not None and self.command_pct < position < self.limit_pct:
+            self.limit_pct = position
         if self.stroke_s <= 0.0:
             self.limit_pct = self.command_pct
             self.moving = False

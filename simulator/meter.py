@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 
 LAGGED = ("flow_m3h", "power_kw", "supply_c", "return_c")
-HELD = LAGGED + ("volume_m3", "energy_kwh")
+HELD = (*LAGGED, "volume_m3", "energy_kwh")
 
 
 class MeterDisplay:

@@ -144,7 +144,7 @@ class Plant:
         if not math.isfinite(pct):
             raise ValueError("limit must be finite")
         self.valve_limit_pct = _clamp(float(pct), 0.0, 100.0)
-        self.actuator.command(self.valve_limit_pct)
+        self.actuator.command(self.valve_limit_pct, self.position_pct)
         self.limit_active = True
         self._limit_written_at = self.t
         self._update_state()
@@ -267,7 +267,12 @@ class Plant:
         self.dhw_kw = self._dhw_kw(t)
         demand_kw = p.ua_kw_k * max(0.0, p.indoor_c - out) + self.dhw_kw
         self.demand_kw = demand_kw
-        dt_nom = max(supply - p.return_nominal_c, 2.0)
+        ret_nom = p.return_nominal_c
+        if p.return_high_after_s is not None:
+            rel = t - self.t0 - p.return_high_after_s
+            if 0.0 <= rel < p.return_high_duration_s:
+                ret_nom = p.return_high_c
+        dt_nom = max(supply - ret_nom, 2.0)
         qd = min(demand_kw * 3600.0 / (RHO_C * dt_nom), p.demand_flow_max_m3h)
         cap = p.kvs_m3h * math.sqrt(dp_net / 100.0)
         q = max(0.0, min(qd, cap * self.valve.fraction(self.actuator.limit_pct)))

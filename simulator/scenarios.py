@@ -21,6 +21,9 @@ Scenarios:
                  with a 5 s lag.
 ``winter-peak-slower``  the same with a 180 s actuator and a meter refreshed every 60 s.
 ``steady-slow``  ``steady`` physics on the slow hardware of ``winter-peak-slow``.
+``return-high``  ``steady`` physics; from ``return_high_after_s`` for
+                 ``return_high_duration_s`` the building returns at ``return_high_c``
+                 (55 C) at full flow instead of 40 C (a bad secondary), then recovers.
 
 Every scenario other than the ``*-slow*`` ones keeps the instant actuator, the linear
 valve and the live meter; ``dh-sim --stroke-s/--deadband-pct/--valve/--meter-update-s/
@@ -79,6 +82,11 @@ class ScenarioParams:
     outage_duration_s: float = 30.0
     outage_supply_c: float = 38.0
     outage_ramp_s: float = 5.0
+    # --- a building whose return runs high for a while (a bad secondary: the return
+    #     temperature at full flow is return_high_c instead of return_nominal_c)
+    return_high_after_s: float | None = None
+    return_high_duration_s: float = 300.0
+    return_high_c: float = 55.0
     # --- meter counters (start values, rollover as the sim-heat-meter profile)
     energy0_kwh: float | None = None  # None: seeded start value
     volume0_m3: float | None = None
@@ -131,6 +139,7 @@ SCENARIOS["winter-peak-slower"] = replace(
     SCENARIOS["winter-peak-slow"], name="winter-peak-slower", stroke_s=180.0, meter_update_s=60.0
 )
 SCENARIOS["steady-slow"] = replace(_STEADY, name="steady-slow", **_SLOW)
+SCENARIOS["return-high"] = replace(_STEADY, name="return-high", return_high_after_s=60.0)
 
 
 def scenario_names() -> list[str]:
