@@ -74,8 +74,17 @@ class LimiterState:
         return LimiterState()
 
 
-def _finite(x: Any) -> bool:
-    return not isinstance(x, float) or math.isfinite(x)
+def _ok(k: str, x: Any) -> bool:
+    """A field of a saved state: a finite number, a flag, None, the override's id."""
+    if isinstance(x, dict):
+        return all(_ok(kk, v) for kk, v in x.items())
+    if isinstance(x, tuple | list):
+        return all(_ok(k, v) for v in x)
+    if k == "id":
+        return isinstance(x, str)
+    if isinstance(x, float):
+        return math.isfinite(x)
+    return x is None or isinstance(x, int)
 
 
 def to_json(s: LimiterState) -> str:
@@ -111,6 +120,6 @@ def from_json(text: str | None) -> LimiterState | None:
         s: LimiterState = _build(LimiterState, d)
     except (ValueError, TypeError, KeyError):
         return None
-    if not all(_finite(v) for v in asdict(s).values()):
+    if not all(_ok(k, v) for k, v in asdict(s).items()):
         return None
     return s

@@ -36,10 +36,11 @@ class Valve:
             return s / 100.0
         if s <= 0.0:
             return 0.0
-        f = float(self.rangeability ** (s / 100.0 - 1.0))
         # below the seat region the plug closes linearly to zero (no leakage at 0 %)
         knee = 100.0 / self.rangeability
-        return f if s >= knee else f * s / knee
+        if s >= knee:
+            return float(self.rangeability ** (s / 100.0 - 1.0))
+        return float(self.rangeability ** (knee / 100.0 - 1.0)) * s / knee
 
     def stroke(self, fraction: float) -> float:
         """The stroke (0..100 %) that gives a capacity fraction (inverse of ``fraction``)."""
