@@ -162,7 +162,8 @@ def can_act(p: LimiterParams, s: LimiterState, t: float, fresh: bool) -> bool:
     (a whole refresh interval plus the meter's lag after it came to rest)."""
     if not fresh or s.rest_since is None:
         return False
-    return t - s.rest_since >= max(s.meter_iv, 1.0) + p.meter_lag_s - 1e-9
+    # rest is seen at the first reading after it (about one poll late)
+    return t - s.rest_since >= max(s.meter_iv - 1.0, 0.0) + p.meter_lag_s - 1e-9
 
 
 def return_allow(p: LimiterParams, s: LimiterState, ret: float, flow: float) -> float:
