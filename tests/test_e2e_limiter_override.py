@@ -18,6 +18,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.jws import Signer, thumbprint, verify
 from agent.keys import load_private, load_public
@@ -44,7 +45,7 @@ class Operator:
         self.signer = Signer(load_private(tmp / "operator.key"))
         self.got: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="operator")
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="operator")
         self.c.on_message = self._on
         self.c.on_connect = lambda c, *_: c.subscribe(f"{BASE}/#", qos=1)
         self.c.connect("127.0.0.1", port)
@@ -88,7 +89,7 @@ class Operator:
 def flow_avg(truth: list[dict[str, Any]], a: float, b: float) -> float:
     xs = [x for x in truth if a <= x["t"] <= b]
     assert len(xs) >= 2, (a, b)
-    return (xs[-1]["volume_m3"] - xs[0]["volume_m3"]) * 3600.0 / (xs[-1]["t"] - xs[0]["t"])
+    return float((xs[-1]["volume_m3"] - xs[0]["volume_m3"]) * 3600.0 / (xs[-1]["t"] - xs[0]["t"]))
 
 
 @pytest.mark.slow
