@@ -368,10 +368,9 @@ def _decide(
         name, meas, a, lim = over[0]
         write = law.quantise(desired, p.resolution_pct)
         s = _write(replace(s, limiting=True, since=t, open_since=None), t, write, p, pos)
-        kind = "return_limit_enforced" if name == "return" else "flow_limit_enforced"
         events.append(
-            ev(p, "flow_limit_enforced" if kind != "return_limit_enforced" else kind, t, meas,
-               lim, by=name, allowed_now=round(a, 4), limit_pct=write)
+            ev(p, "flow_limit_enforced", t, meas, lim, by=name, allowed_now=round(a, 4),
+               limit_pct=write)
         )  # fmt: skip
         return s, Action(write, events, True)
     if act:

@@ -469,6 +469,7 @@ class Agent:
             await self.emit_event(ev)
         if had is not None and self.lstate.override is None:
             await self.save_limiter()  # an override ended: durable at once
+            await self.remote.publish_current()
         if action.write_pct is not None and self.actuator is not None and self.lparams.enforce:
             await self.write_limit(action.write_pct)
 

@@ -282,3 +282,17 @@ def test_slow_scenarios_and_return_high() -> None:
     assert pl.return_c > low + 10.0
     pl.step(400.0)
     assert pl.return_c == pytest.approx(low, abs=2.0)
+
+
+def test_dh_sim_options_select_the_hardware() -> None:
+    from simulator.cli import _overrides, build_parser
+
+    args = build_parser().parse_args(
+        ["--scenario", "steady", "--stroke-s", "120", "--deadband-pct", "0.5"]
+        + ["--valve", "equal-percentage", "--meter-update-s", "30", "--meter-lag-s", "4"]
+    )
+    p = get_scenario(args.scenario, **_overrides(args))
+    assert (p.stroke_s, p.deadband_pct, p.valve_characteristic) == (120.0, 0.5, "equal-percentage")
+    assert (p.meter_update_s, p.meter_lag_s) == (30.0, 4.0)
+    plain = build_parser().parse_args(["--scenario", "steady"])
+    assert _overrides(plain) == {}
