@@ -287,9 +287,9 @@ def test_slow_scenarios_and_return_high() -> None:
 def test_dh_sim_options_select_the_hardware() -> None:
     from simulator.cli import _overrides, build_parser
 
+    argv = "--scenario steady --stroke-s 120 --deadband-pct 0.5 --valve equal-percentage"
     args = build_parser().parse_args(
-        ["--scenario", "steady", "--stroke-s", "120", "--deadband-pct", "0.5"]
-        + ["--valve", "equal-percentage", "--meter-update-s", "30", "--meter-lag-s", "4"]
+        [*argv.split(), "--meter-update-s", "30", "--meter-lag-s", "4"]
     )
     p = get_scenario(args.scenario, **_overrides(args))
     assert (p.stroke_s, p.deadband_pct, p.valve_characteristic) == (120.0, 0.5, "equal-percentage")
