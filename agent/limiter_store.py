@@ -35,12 +35,20 @@ def load(store: MetaStore) -> LimiterState | None:
     return from_json(store.get_meta(KEY))
 
 
+def describe(s: LimiterState) -> str:
+    """One log line about a restored state."""
+    return (
+        f"period {s.vol.period}, {s.vol.used:.6f} m3 used, limit {s.applied_pct} %, "
+        f"limiting {s.limiting}, override {s.override}"
+    )
+
+
 def status_lines(store: MetaStore, now: float) -> list[str]:
     """The limiter's part of ``dh-agent status``: whether a limit is in force, the
     return-temperature limitation and a timed override in force."""
     s = load(store)
     if s is None:
-        return ["limiter: no state saved"]
+        return []  # never ran (or no limit configured)
     if s.limiting:
         pct = "?" if s.applied_pct is None else f"{s.applied_pct:g} %"
         out = [f"limiter: limiting, actuator limit {pct}"]

@@ -233,13 +233,7 @@ class Agent:
         saved: LimiterState | None = await self.call(limiter_store.load, store)
         self.lstate = saved or LimiterState.initial()
         if saved is not None:
-            log.info(
-                "limiter state restored: period %s, %.6f m3 used, limit %s %%, override %s",
-                saved.vol.period,
-                saved.vol.used,
-                saved.applied_pct,
-                saved.override,
-            )
+            log.info("limiter state restored: %s", limiter_store.describe(saved))
         self.uplink = Uplink(
             MqttSettings(
                 url=cfg.mqtt.url,

@@ -92,6 +92,18 @@ def flow_avg(truth: list[dict[str, Any]], a: float, b: float) -> float:
     return float((xs[-1]["volume_m3"] - xs[0]["volume_m3"]) * 3600.0 / (xs[-1]["t"] - xs[0]["t"]))
 
 
+def rejections(op: Operator) -> None:
+    """Raising the limit, more than 24 h ahead, no until: rejected with the reason."""
+    now = time.time()
+    a = op.cmd({"cmd": "limit_override", "flow_limit_m3h": 3.0, "until": iso(now + 60)})
+    assert a["result"] == "rejected"
+    assert a["reason"].startswith("invalid: flow_limit_m3h: must be below"), a
+    a = op.cmd({"cmd": "limit_override", "flow_limit_m3h": 1.5, "until": iso(now + 90_000)})
+    assert a == {**a, "result": "rejected", "reason": "invalid: until: at most 24 h ahead"}
+    a = op.cmd({"cmd": "limit_override", "flow_limit_m3h": 1.5})
+    assert a["result"] == "rejected" and a["reason"].startswith("invalid: until")
+
+
 @pytest.mark.slow
 def test_limit_override_applied_survives_restart_expires_and_rejections(
     tmp_path: Path, mosquitto: Mosquitto
@@ -110,15 +122,7 @@ def test_limit_override_applied_survives_restart_expires_and_rejections(
         op = Operator(tmp_path, mosquitto.port)
         try:
             op.ready()
-            now = time.time()
-            # rejections: raising the limit, more than 24 h ahead, malformed
-            a = op.cmd({"cmd": "limit_override", "flow_limit_m3h": 3.0, "until": iso(now + 60)})
-            assert a["result"] == "rejected"
-            assert a["reason"].startswith("invalid: flow_limit_m3h: must be below"), a
-            a = op.cmd({"cmd": "limit_override", "flow_limit_m3h": 1.5, "until": iso(now + 90_000)})
-            assert a == {**a, "result": "rejected", "reason": "invalid: until: at most 24 h ahead"}
-            a = op.cmd({"cmd": "limit_override", "flow_limit_m3h": 1.5})
-            assert a["result"] == "rejected" and a["reason"].startswith("invalid: until")
+            rejections(op)
             # applied
             until = float(int(time.time()) + 75)
             a = op.cmd({"cmd": "limit_override", "flow_limit_m3h": 1.5, "until": iso(until)})
