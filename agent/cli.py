@@ -164,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agent.advice import YEAR_S, contract_review, describe
             from agent.limiter_store import status_lines
 
-            print("\n".join(status_lines(store, now)))
+            for line in status_lines(store, now):
+                print(line)
 
             c = cfg.contract
             for d in cfg.devices:
