@@ -179,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             now = time.time()
             print(status_summary(store, now))
             from agent.advice import YEAR_S, contract_review, describe
+            from agent.limiter_store import status_lines
+
+            for line in status_lines(store, now):
+                print(line)
 
             c = cfg.contract
             for d in cfg.devices:

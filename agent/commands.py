@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent import limiter_override
 from agent.config import remote_view
 from agent.jws import Signer, thumbprint
 from agent.keys import load_public
@@ -68,7 +69,10 @@ class RemoteHandler:
     async def publish_current(self) -> None:
         up = self.agent.uplink
         if up is not None:
-            body = {"version": self.version, "config": remote_view(self.agent.cfg)}
+            body: dict[str, Any] = {"version": self.version, "config": remote_view(self.agent.cfg)}
+            o = limiter_override.view(self.agent.lstate.override, self.agent.clock.wall())
+            if o is not None:
+                body["limit_override"] = o
             await up.publish_live("config", "config/current", body, qos=1, retain=True)
 
     async def on_config(self, payload: bytes) -> None:
@@ -146,7 +150,26 @@ class RemoteHandler:
             return {"count": n}
         if name == "rotate_key":
             return await self.rotate_key()
+        if name == "limit_override":
+            return await self.limit_override(c)
         raise ValueError(f"unknown command {name}")
+
+    async def limit_override(self, c: dict[str, Any]) -> dict[str, Any]:
+        """A timed lower limit: checked against the contract, persisted with the
+        limiter's state (durable) before it is acknowledged, announced by an event."""
+        a = self.agent
+        o, why = limiter_override.parse(c, a.clock.wall())
+        if o is not None and not why:
+            lim = a.cfg.contract
+            why = limiter_override.admit(o, lim.flow_limit_m3h, lim.power_limit_kw)
+        if o is None or why:
+            return {"result": "rejected", "reason": why}
+        a.lstate = limiter_override.start(a.lstate, o)
+        await a.save_limiter()
+        view = limiter_override.view(o, a.clock.wall())
+        await a.emit_event({"kind": "limit_override_start", "source": "limiter", **(view or {})})
+        await self.publish_current()
+        return {"limit_override": view}
 
     async def rotate_key(self) -> dict[str, Any]:
         """New agent key: persisted first, announced in an event signed by the old key,

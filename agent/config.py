@@ -99,6 +99,9 @@ class DeliveryCfg:
 class LimiterCfg:
     actuator: str | None = None
     watchdog_s: int = 60
+    stroke_s: float = 90.0  # the actuator's full-stroke time (travel model)
+    valve_characteristic: str = "equal-percentage"
+    return_max_c: float | None = None  # return-temperature limitation; None: off
 
 
 DEFAULT_LIVE_PATH = Path("/run/dh-agent/live.json")
@@ -322,6 +325,9 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
     "limiter": {
         "actuator": (_str(DEVICE_RE, "[a-z0-9_-]{1,32}"), False),
         "watchdog_s": (_int(5, 3600), False),
+        "stroke_s": (_num(0, 600), False),
+        "valve_characteristic": (_choice("linear", "equal-percentage"), False),
+        "return_max_c": (_num(10, 150), False),
     },
     "log": {
         "level": (_choice("debug", "info", "warning", "error"), False),

@@ -17,17 +17,27 @@ Control law
    clamped to ``[min_flow_factor, inst_cap_factor] x L`` (the upper bound is the
    instantaneous cap: an under-used period may catch up, but never at more than
    ``inst_cap_factor`` times the contract).
-2. **Ratio adaptation.** The valve's gain (flow per % opening) is not assumed: the
-   desired opening is the opening in force scaled by allowed over measured flow,
-   ``pct = pct_now * (q_allow / flow) ** gain`` (a multiplicative integral controller).
+2. **Opening.** From where the valve is (the actuator's reported position; the limit in
+   force when the actuator reports none) and what flows there, the opening that passes
+   the allowed flow, by a model of the valve's characteristic (linear:
+   ``pct = pos * (q_allow / flow) ** gain``; equal-percentage: ``pct = pos + gain * 100 *
+   ln(q_allow / flow) / ln(rangeability)``). Slow plants: after a command the law waits
+   until the valve is at rest (reported position at the command, or the travel model
+   ``stroke_s`` says it arrived and the position stopped moving) and the meter has shown
+   a whole fresh refresh measured after that (its refresh interval is estimated from the
+   readings); only then does it correct again, so nothing winds up while the valve moves
+   or the meter still shows the old flow. The return-temperature limitation
+   (``return_max_c``) adds an allowed flow of its own; a timed override lowers the
+   limits (``agent.limiter_override``).
    From a point where the building, not the valve, sets the flow the ratio over-estimates
    the opening, so the law closes from above and never throttles below what it needs.
    The power limit works the same way on the energy register and the meter's power;
    the smaller opening wins.
 3. **Writes.** Output is the actuator's opening limit in % (0..100, ``resolution_pct``
-   steps). While limiting, a new value is written only when it moved by at least
-   ``deadband_pct`` and ``min_write_interval_s`` has passed since the last write, or
-   when ``refresh_s`` has passed (the actuator's watchdog must be refreshed).
+   steps). While limiting, a new value is written only at a correction when it moved by
+   at least ``deadband_pct`` and ``min_write_interval_s`` has passed since the last
+   write, or when ``refresh_s`` has passed (the actuator's watchdog must be refreshed;
+   ``Action.refresh`` marks those).
 4. **Engage / release.** Limiting starts (``flow_limit_enforced``) when the measured
    flow exceeds the allowed flow by ``engage_margin`` (or power likewise). It ends
    (``flow_limit_released``, ``default_pct`` written once) when the law has wanted the
@@ -56,9 +66,14 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from agent import limiter_law as law
+from agent.limiter_events import dur, ev, exceeded
+from agent.limiter_state import LimiterState, Override, Track
+
+__all__ = ["Action", "LimiterParams", "LimiterState", "MeterInput", "Override", "Track", "step"]
+
 FLOW_EPS_M3H = 1e-6
 POWER_EPS_KW = 1e-3
-RATIO_MAX = 4.0
 
 
 @dataclass(frozen=True)
@@ -74,7 +89,7 @@ class LimiterParams:
     min_flow_factor: float = 0.5  # never aim below this x limit (heat keeps flowing)
     horizon_s: float = 30.0  # the remaining budget is spread over at least this ...
     horizon_frac: float = 0.1  # ... or this fraction of the period, whichever is smaller
-    gain: float = 0.7  # ratio-adaptation exponent per reading (1 = full correction)
+    gain: float = 0.7  # correction exponent per correction (1 = full correction)
     deadband_pct: float = 0.3  # write only a change at least this large ...
     min_write_interval_s: float = 2.0  # ... and at most this often
     resolution_pct: float = 0.1  # the actuator register's step
@@ -88,37 +103,21 @@ class LimiterParams:
     energy_slack_kwh: float = 1.0
     volume_rollover_m3: float | None = None  # None: a backwards step is a reset
     energy_rollover_kwh: float | None = None
-    exceed_tolerance: float = 0.0  # report a period over limit x (1 + this)
+    exceed_tolerance: float = 0.0  # report a period over limit x (1 + this) ...
+    volume_resolution_m3: float = 0.001  # ... plus one register step of the meter
+    energy_resolution_kwh: float = 0.1
     device: str | None = None  # names the meter in events
-
-
-@dataclass(frozen=True)
-class Track:
-    """Accounting of one counter (volume or energy) in the current period."""
-
-    period: float | None = None  # start of the period being accounted
-    used: float = 0.0  # register units used since the period start
-    full: bool = False  # observed from the period start (no long gap)
-    reg: float | None = None  # last register value
-    reported: float | None = None  # period start whose exceedance was reported
-
-
-@dataclass(frozen=True)
-class LimiterState:
-    last_t: float | None = None  # time of the last good reading
-    vol: Track = Track()
-    energy: Track = Track()
-    applied_pct: float | None = None  # last written limit (None: never written)
-    last_write_t: float | None = None
-    limiting: bool = False
-    since: float | None = None  # limiting since
-    open_since: float | None = None  # the law has wanted the valve fully open since
-    failsafe_since: float | None = None  # fail-safe in force since (last good reading)
-    bad_since: float | None = None  # first bad reading after a good one
-
-    @staticmethod
-    def initial() -> LimiterState:
-        return LimiterState()
+    # --- the plant: actuator travel and valve model ---
+    stroke_s: float = 0.0  # actuator full-stroke time (travel model); 0 = instant
+    characteristic: str = "linear"  # or "equal-percentage"
+    rangeability: float = 50.0
+    meter_lag_s: float = 0.0  # wait this much beyond a meter refresh after the valve rests
+    position_tol_pct: float = 1.0  # reported position this close to the command: at rest
+    # --- return-temperature limitation ---
+    return_max_c: float | None = None  # None: off
+    return_gain: float = 0.05  # per K over the limit, per correction
+    return_hold_s: float = 60.0  # above (engage) / below limit - hyst (release) this long
+    return_hyst_c: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +128,8 @@ class MeterInput:
     flow_m3h: float | None
     power_kw: float | None
     valid: bool
+    position_pct: float | None = None  # the actuator's reported position, if known
+    return_c: float | None = None
 
 
 @dataclass(frozen=True)
@@ -136,112 +137,60 @@ class Action:
     write_pct: float | None
     events: list[dict[str, Any]]
     limiting: bool
+    refresh: bool = False  # the write only refreshes the actuator's watchdog
 
 
-@dataclass(frozen=True)
-class _Closed:
-    start: float
-    used: float
-    full: bool
+def _write(
+    s: LimiterState, t: float, pct: float, p: LimiterParams, pos: float | None
+) -> LimiterState:
+    """A new command: the valve travels from where it is (reported, else the old command)."""
+    frm = pos if pos is not None else (s.applied_pct if s.applied_pct is not None else 100.0)
+    return replace(
+        s,
+        applied_pct=pct,
+        last_write_t=t,
+        settle_t=t + law.travel_s(p, frm, pct),
+        rest_since=None,
+    )
 
 
-def _clamp(x: float, lo: float, hi: float) -> float:
-    return lo if x < lo else hi if x > hi else x
+def effective(p: LimiterParams, s: LimiterState, t: float) -> LimiterParams:
+    """The limits in force: the contract's, lowered by an override in force."""
+    o = s.override
+    if o is None or t >= o.until:
+        return p
+    f, w = p.flow_limit_m3h, p.power_limit_kw
+    if o.flow_limit_m3h is not None:
+        f = o.flow_limit_m3h if f is None else min(f, o.flow_limit_m3h)
+    if o.power_limit_kw is not None:
+        w = o.power_limit_kw if w is None else min(w, o.power_limit_kw)
+    return replace(p, flow_limit_m3h=f, power_limit_kw=w)
 
 
-def _quantise(pct: float, res: float) -> float:
-    q = round(pct / res) * res if res > 0 else pct
-    return round(_clamp(q, 0.0, 100.0), 6)
-
-
-def _account(
-    tr: Track,
-    period_s: float,
-    t: float,
-    last_t: float | None,
-    reg: float,
-    rate_per_h: float,
-    rollover: float | None,
-    max_rate_per_h: float,
-    slack: float,
-    gap_s: float,
-) -> tuple[Track, list[_Closed]]:
-    """Advance one counter's period accounting to the reading (t, reg)."""
-    ps = math.floor(t / period_s) * period_s
-    rate = max(rate_per_h, 0.0)
-    if tr.period is None or tr.reg is None or last_t is None or t <= last_t:
-        # first reading (or after a clock step back): assume the current rate since the
-        # period start; the period counts as observed only if that is about now
-        used = rate * (t - ps) / 3600.0
-        full = t - ps <= min(gap_s, 0.05 * period_s)
-        return replace(tr, period=ps, used=used, full=full, reg=reg), []
-    dt = t - last_t
-    d = reg - tr.reg
-    if d < 0 and rollover:
-        d += rollover
-    if d < 0 or d > max_rate_per_h * dt / 3600.0 + slack:
-        d = rate * dt / 3600.0  # counter reset or absurd jump: re-anchor, estimate
-    closed: list[_Closed] = []
-    period, used, full = tr.period, tr.used, tr.full
-    if t >= period + period_s:
-        end = period + period_s
-        f = _clamp((end - last_t) / dt, 0.0, 1.0)
-        closed.append(_Closed(period, used + d * f, full and dt <= gap_s))
-        period = ps
-        used = d * _clamp((t - ps) / dt, 0.0, 1.0)
-        full = dt <= gap_s
-    else:
-        used += d
-    return replace(tr, period=period, used=used, full=full, reg=reg), closed
-
-
-def _allowed_rate(limit: float, used: float, period: float, p: LimiterParams, t: float) -> float:
-    """The rate (per hour) allowed for the rest of the period: the target rate plus the
-    deviation from the on-target budget, corrected over the time left (at least the
-    horizon, so the last seconds of a period neither amplify register noise nor leave
-    budget unused)."""
-    ps = float(p.period_s)
-    aim = p.target * limit
-    left = _clamp(period + ps - t, 0.0, ps)
-    deviation = (aim * ps - aim * left) / 3600.0 - used  # > 0: under budget so far
-    horizon = max(min(p.horizon_s, p.horizon_frac * ps), 1e-9)
-    q = aim + deviation * 3600.0 / max(left, horizon)
-    return _clamp(q, p.min_flow_factor * limit, p.inst_cap_factor * limit)
-
-
-def _ratio_pct(base: float, allowed: float, measured: float, eps: float, gain: float) -> float:
-    if measured <= eps:
-        return 100.0  # nothing flows: nothing to limit
-    r = _clamp(allowed / measured, 1.0 / RATIO_MAX, RATIO_MAX)
-    return base * math.pow(r, gain)
-
-
-def _ev(
-    p: LimiterParams,
-    kind: str,
-    t: float,
-    value: float | None,
-    threshold: float | None,
-    **extra: Any,
-) -> dict[str, Any]:
-    ev: dict[str, Any] = {"kind": kind, "t": t, "source": "limiter"}
-    if p.device is not None:
-        ev["device"] = p.device
-    ev["value"] = None if value is None else round(value, 4)
-    ev["threshold"] = threshold
-    ev.update(extra)
-    return ev
-
-
-def _write(s: LimiterState, t: float, pct: float) -> LimiterState:
-    return replace(s, applied_pct=pct, last_write_t=t)
+def _expire(
+    p: LimiterParams, s: LimiterState, t: float
+) -> tuple[LimiterState, list[dict[str, Any]]]:
+    o = s.override
+    if o is None or t < o.until:
+        return s, []
+    e = ev(
+        p,
+        "limit_override_end",
+        o.until,
+        o.flow_limit_m3h if o.flow_limit_m3h is not None else o.power_limit_kw,
+        p.flow_limit_m3h if o.flow_limit_m3h is not None else p.power_limit_kw,
+        id=o.id,
+        reason="expired",
+        duration_s=round(o.until - o.since, 3),
+    )
+    return replace(s, override=None), [e]
 
 
 def _plausible(p: LimiterParams, m: MeterInput) -> bool:
     if not m.valid:
         return False
     need: list[tuple[float | None, float | None]] = []
-    if p.flow_limit_m3h is not None:
+    if p.flow_limit_m3h is not None or p.return_max_c is not None:
         need += [(m.volume_m3, None), (m.flow_m3h, p.flow_limit_m3h)]
     if p.power_limit_kw is not None:
         need += [(m.energy_kwh, None), (m.power_kw, p.power_limit_kw)]
@@ -265,7 +214,7 @@ def _bad_reading(p: LimiterParams, s: LimiterState, m: MeterInput) -> tuple[Limi
     held = s.applied_pct is not None and s.applied_pct < p.default_pct
     if p.enforce:
         events.append(
-            _ev(
+            ev(
                 p,
                 "limiter_failsafe",
                 m.t,
@@ -277,219 +226,173 @@ def _bad_reading(p: LimiterParams, s: LimiterState, m: MeterInput) -> tuple[Limi
         )
         if held:
             write = p.default_pct
-            s = _write(s, m.t, write)
+            s = _write(s, m.t, write, p, None)
     s = replace(s, failsafe_since=ref, limiting=False, since=None, open_since=None)
     return s, Action(write, events, False)
 
 
+Rate = tuple[str, float, float, float, float]  # name, allowed, measured, eps, limit
+
+
+def _budget(
+    p: LimiterParams, contract: LimiterParams, s: LimiterState, m: MeterInput
+) -> tuple[LimiterState, list[Rate], list[dict[str, Any]]]:
+    """Accounting of the period (registers), exceedance (against the contract) and the
+    rates allowed now (against the limits in force)."""
+    t, ps, rates, events = m.t, float(p.period_s), [], []
+    vol, energy = s.vol, s.energy
+    specs = (
+        ("flow", p.flow_limit_m3h, contract.flow_limit_m3h, m.volume_m3, m.flow_m3h,
+         p.volume_rollover_m3, p.volume_slack_m3, p.volume_resolution_m3, FLOW_EPS_M3H),
+        ("power", p.power_limit_kw, contract.power_limit_kw, m.energy_kwh, m.power_kw,
+         p.energy_rollover_kwh, p.energy_slack_kwh, p.energy_resolution_kwh, POWER_EPS_KW),
+    )  # fmt: skip
+    for name, lim, clim, reg, rate, ro, slack, res, eps in specs:
+        if lim is None:
+            continue
+        assert reg is not None and rate is not None
+        tr = vol if name == "flow" else energy
+        tr, closed = law.account(
+            tr, ps, t, s.last_t, reg, rate, ro, p.max_flow_factor * lim, slack, p.stale_s
+        )
+        tr, evs = exceeded(p, name, clim if clim is not None else lim, res, tr, closed, t, rate)
+        events += evs
+        assert tr.period is not None
+        rates.append((name, law.allowed_rate(lim, tr.used, tr.period, p, s, t), rate, eps, lim))
+        vol, energy = (tr, energy) if name == "flow" else (vol, tr)
+    return replace(s, vol=vol, energy=energy, last_t=t), rates, events
+
+
+def _return_limit(
+    p: LimiterParams, s: LimiterState, m: MeterInput, act: bool
+) -> tuple[LimiterState, Rate | None, list[dict[str, Any]]]:
+    """The return-temperature limitation: engage after ``return_hold_s`` above
+    ``return_max_c``, then shrink (or grow back) its allowed flow at each correction;
+    release after ``return_hold_s`` at or below ``return_max_c - return_hyst_c``."""
+    ret, flow, t, hi = m.return_c, m.flow_m3h, m.t, p.return_max_c
+    if hi is None or ret is None or flow is None:
+        if s.ret_allow is None:
+            return s, None, []
+        hi = hi if hi is not None else math.inf
+        ret = ret if ret is not None else -math.inf
+        flow = flow if flow is not None else 0.0
+    events: list[dict[str, Any]] = []
+    if s.ret_allow is None:
+        above = (s.ret_above_since if s.ret_above_since is not None else t) if ret > hi else None
+        s = replace(s, ret_above_since=above)
+        if above is None or t - above < p.return_hold_s or flow <= FLOW_EPS_M3H:
+            return s, None, []
+        s = replace(s, ret_allow=flow, ret_ref=flow, ret_since=t, ret_above_since=None)
+        events.append(ev(p, "return_limit_engaged", t, ret, hi, flow_m3h=round(flow, 4)))
+    elif act:
+        s = replace(s, ret_allow=law.return_allow(p, s, ret, flow))
+    below = ret <= hi - p.return_hyst_c
+    since = (s.ret_below_since if s.ret_below_since is not None else t) if below else None
+    s = replace(s, ret_below_since=since)
+    if since is not None and t - since >= p.return_hold_s:
+        events.append(
+            ev(
+                p,
+                "return_limit_released",
+                t,
+                ret if math.isfinite(ret) else None,
+                hi if math.isfinite(hi) else None,
+                duration_s=None if s.ret_since is None else round(t - s.ret_since, 3),
+            )
+        )
+        s = replace(s, ret_allow=None, ret_ref=None, ret_since=None, ret_below_since=None)
+        return s, None, events
+    assert s.ret_allow is not None
+    return s, ("return", s.ret_allow, flow, FLOW_EPS_M3H, s.ret_ref or s.ret_allow), events
+
+
 def step(p: LimiterParams, s: LimiterState, m: MeterInput) -> tuple[LimiterState, Action]:
     """One reading in, the new state and what to do out. Pure."""
-    if p.flow_limit_m3h is None and p.power_limit_kw is None:
-        return s, Action(None, [], False)
+    s, events = _expire(p, s, m.t)
+    contract = p
+    p = effective(p, s, m.t)
+    if p.flow_limit_m3h is None and p.power_limit_kw is None and p.return_max_c is None:
+        return s, Action(None, events, False)
     if not _plausible(p, m):
-        return _bad_reading(p, s, m)
+        s, a = _bad_reading(p, s, m)
+        return s, replace(a, events=events + a.events)
     if s.last_t is not None and m.t == s.last_t:
-        return s, Action(None, [], s.limiting)  # the same reading again
+        return s, Action(None, events, s.limiting)  # the same reading again
     t = m.t
-    events: list[dict[str, Any]] = []
-    ps = float(p.period_s)
-    gap = p.stale_s
     if s.failsafe_since is not None:
         if p.enforce:
-            events.append(
-                _ev(
-                    p,
-                    "limiter_failsafe_end",
-                    t,
-                    t - s.failsafe_since,
-                    p.stale_s,
-                    duration_s=round(t - s.failsafe_since, 3),
-                )
-            )
+            d = t - s.failsafe_since
+            events.append(ev(p, "limiter_failsafe_end", t, d, p.stale_s, duration_s=round(d, 3)))
         s = replace(s, failsafe_since=None)
     s = replace(s, bad_since=None)
-
-    # --- 1. accounting and the allowed rates --------------------------------------------
-    rates: list[tuple[str, float, float, float, float]] = []  # name, allowed, measured, eps, lim
-    vol, energy = s.vol, s.energy
-    if p.flow_limit_m3h is not None:
-        lim = p.flow_limit_m3h
-        assert m.volume_m3 is not None and m.flow_m3h is not None
-        vol, closed = _account(
-            vol,
-            ps,
-            t,
-            s.last_t,
-            m.volume_m3,
-            m.flow_m3h,
-            p.volume_rollover_m3,
-            p.max_flow_factor * lim,
-            p.volume_slack_m3,
-            gap,
-        )
-        vol, evs = _exceeded(p, "flow", lim, vol, closed, t, m.flow_m3h)
-        events += evs
-        assert vol.period is not None
-        rates.append(
-            ("flow", _allowed_rate(lim, vol.used, vol.period, p, t), m.flow_m3h, FLOW_EPS_M3H, lim)
-        )
-    if p.power_limit_kw is not None:
-        lim = p.power_limit_kw
-        assert m.energy_kwh is not None and m.power_kw is not None
-        energy, closed = _account(
-            energy,
-            ps,
-            t,
-            s.last_t,
-            m.energy_kwh,
-            m.power_kw,
-            p.energy_rollover_kwh,
-            p.max_flow_factor * lim,
-            p.energy_slack_kwh,
-            gap,
-        )
-        energy, evs = _exceeded(p, "power", lim, energy, closed, t, m.power_kw)
-        events += evs
-        assert energy.period is not None
-        rates.append(
-            (
-                "power",
-                _allowed_rate(lim, energy.used, energy.period, p, t),
-                m.power_kw,
-                POWER_EPS_KW,
-                lim,
-            )
-        )
-    s = replace(s, vol=vol, energy=energy, last_t=t)
-
+    s, rates, evs = _budget(p, contract, s, m)
+    events += evs
+    s, fresh = law.observe_meter(s, t, (m.flow_m3h or 0.0, m.power_kw or 0.0))
+    s = law.observe_valve(p, s, t, m.position_pct)
+    act = law.can_act(p, s, t, fresh)
+    s, ret_rate, evs = _return_limit(p, s, m, act)
+    events += evs
+    if ret_rate is not None:
+        rates.append(ret_rate)
     if not p.enforce:
         if s.limiting:  # enforcement switched off while limiting: the watchdog releases
             events.append(
-                _ev(
-                    p,
-                    "flow_limit_released",
-                    t,
-                    None,
-                    p.flow_limit_m3h,
-                    reason="enforce_off",
-                    duration_s=_dur(s, t),
-                )
-            )
-        return replace(s, limiting=False, since=None, open_since=None), Action(None, events, False)
+                ev(p, "flow_limit_released", t, None, p.flow_limit_m3h,
+                   reason="enforce_off", duration_s=dur(s, t))
+            )  # fmt: skip
+        s = replace(s, limiting=False, since=None, open_since=None)
+        return s, Action(None, events, False)
+    if not rates:
+        return s, Action(None, events, s.limiting)
+    s, a = _decide(p, s, m, rates, fresh, act)
+    return s, replace(a, events=events + a.events)
 
-    # --- 2. the opening the law wants ---------------------------------------------------
-    base = s.applied_pct if s.applied_pct is not None else p.default_pct
+
+def _decide(
+    p: LimiterParams, s: LimiterState, m: MeterInput, rates: list[Rate], fresh: bool, act: bool
+) -> tuple[LimiterState, Action]:
+    """Engage, correct, refresh or release."""
+    t, pos = m.t, m.position_pct
+    base = (
+        pos if pos is not None else (s.applied_pct if s.applied_pct is not None else p.default_pct)
+    )
     gain = p.gain if s.limiting else 1.0
-    desired = min(_ratio_pct(base, a, meas, eps, gain) for _, a, meas, eps, _ in rates)
-    desired = _clamp(desired, p.min_pct, 100.0)
-    over = [(n, meas, a) for n, a, meas, _, _ in rates if meas > a * (1.0 + p.engage_margin)]
+    desired = min(law.opening(p, base, a, meas, eps, gain) for _, a, meas, eps, _ in rates)
+    desired = law.clamp(desired, p.min_pct, 100.0)
+    over = [(n, meas, a, lim) for n, a, meas, _, lim in rates if meas > a * (1.0 + p.engage_margin)]
     within = all(meas <= a for _, a, meas, _, _ in rates)
-
-    # --- 3. engage / release / write ----------------------------------------------------
-    write: float | None = None
-    if not s.limiting:
-        if over:
-            name, meas, a = over[0]
-            lim_of = {n: lim for n, _, _, _, lim in rates}
-            write = _quantise(desired, p.resolution_pct)
-            s = _write(replace(s, limiting=True, since=t, open_since=None), t, write)
-            events.append(
-                _ev(
-                    p,
-                    "flow_limit_enforced",
-                    t,
-                    meas,
-                    lim_of[name],
-                    by=name,
-                    allowed_now=round(a, 4),
-                    limit_pct=write,
-                )
-            )
-        return s, Action(write, events, s.limiting)
-
-    open_since = s.open_since
-    if desired >= 100.0 - 1e-9 and within:
-        open_since = open_since if open_since is not None else t
-    else:
-        open_since = None
-    s = replace(s, open_since=open_since)
-    if open_since is not None and t - open_since >= p.release_hold_s:
-        write = p.default_pct
-        events.append(
-            _ev(
-                p,
-                "flow_limit_released",
-                t,
-                rates[0][2],
-                rates[0][4],
-                reason="demand_below_limit",
-                duration_s=_dur(s, t),
-            )
-        )
-        s = _write(replace(s, limiting=False, since=None, open_since=None), t, write)
-        return s, Action(write, events, False)
-    want = _quantise(desired, p.resolution_pct)
-    since_write = math.inf if s.last_write_t is None else t - s.last_write_t
-    moved = s.applied_pct is None or abs(want - s.applied_pct) >= p.deadband_pct - 1e-9
-    if (moved and since_write >= p.min_write_interval_s) or since_write >= p.refresh_s:
-        write = want
-        s = _write(s, t, want)
-    return s, Action(write, events, True)
-
-
-def _dur(s: LimiterState, t: float) -> float | None:
-    return None if s.since is None else round(t - s.since, 3)
-
-
-def _exceeded(
-    p: LimiterParams,
-    name: str,
-    lim: float,
-    tr: Track,
-    closed: list[_Closed],
-    t: float,
-    rate: float,
-) -> tuple[Track, list[dict[str, Any]]]:
-    """``<name>_limit_exceeded`` once per fully observed period."""
-    ps = float(p.period_s)
-    allowance = lim * ps / 3600.0 * (1.0 + p.exceed_tolerance)
-    kind = f"{name}_limit_exceeded"
     events: list[dict[str, Any]] = []
-    for c in closed:
-        if c.full and c.used > allowance and tr.reported != c.start:
-            events.append(
-                _ev(
-                    p,
-                    kind,
-                    c.start,
-                    c.used * 3600.0 / ps,
-                    lim,
-                    basis="actual",
-                    period_start=c.start,
-                    period_s=p.period_s,
-                    used=round(c.used, 6),
-                    allowed=round(lim * ps / 3600.0, 6),
-                    enforce=p.enforce,
-                )
-            )
-    if tr.period is not None and tr.full and tr.used > allowance and tr.reported != tr.period:
-        left = tr.period + ps - t
-        projected = (tr.used + rate * left / 3600.0) * 3600.0 / ps
+    if not s.limiting:
+        if not over:
+            return s, Action(None, [], False)
+        name, meas, a, lim = over[0]
+        write = law.quantise(desired, p.resolution_pct)
+        s = _write(replace(s, limiting=True, since=t, open_since=None), t, write, p, pos)
         events.append(
-            _ev(
-                p,
-                kind,
-                tr.period,
-                projected,
-                lim,
-                basis="running",
-                period_start=tr.period,
-                period_s=p.period_s,
-                used=round(tr.used, 6),
-                allowed=round(lim * ps / 3600.0, 6),
-                detected=t,
-                enforce=p.enforce,
-            )
+            ev(p, "flow_limit_enforced", t, meas, lim, by=name, allowed_now=round(a, 4),
+               limit_pct=write)
+        )  # fmt: skip
+        return s, Action(write, events, True)
+    if act:
+        wide_open = desired >= 100.0 - 1e-9 and within
+        s = replace(
+            s, open_since=(s.open_since if s.open_since is not None else t) if wide_open else None
         )
-        tr = replace(tr, reported=tr.period)
-    return tr, events
+    if s.open_since is not None and t - s.open_since >= p.release_hold_s:
+        events.append(
+            ev(p, "flow_limit_released", t, rates[0][2], rates[0][4],
+               reason="demand_below_limit", duration_s=dur(s, t))
+        )  # fmt: skip
+        s = replace(s, limiting=False, since=None, open_since=None)
+        s = _write(s, t, p.default_pct, p, pos)
+        return s, Action(p.default_pct, events, False)
+    since_write = math.inf if s.last_write_t is None else t - s.last_write_t
+    if act:
+        want = law.quantise(desired, p.resolution_pct)
+        moved = s.applied_pct is None or abs(want - s.applied_pct) >= p.deadband_pct - 1e-9
+        if moved and since_write >= p.min_write_interval_s:
+            return _write(s, t, want, p, pos), Action(want, events, True)
+    if since_write >= p.refresh_s and s.applied_pct is not None:
+        s = replace(s, last_write_t=t)
+        return s, Action(s.applied_pct, events, True, refresh=True)
+    return s, Action(None, events, True)

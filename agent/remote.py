@@ -31,13 +31,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent import limiter_override
 from agent.config import Config, merge_remote, remote_view, validate
 from agent.jws import JWSError, verify
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEPTH = 32
 CMD_WINDOW_S = 600.0
-COMMANDS = ("resend", "poll_now", "rotate_key")
+COMMANDS = ("resend", "poll_now", "rotate_key", "limit_override")
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +233,10 @@ def decide_cmd(
         assert isinstance(a, int) and isinstance(z, int)
         if z < a or z - a >= 100_000:
             return reject("invalid: to_seq: must be >= from_seq and span < 100000")
+    if name == "limit_override":
+        _, why = limiter_override.parse(b, now)
+        if why:
+            return reject(why)
     return Decision(
         {"id": cid, "result": "done", "reason": ""}, True, command=dict(b), envelope=env
     )

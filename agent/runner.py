@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agent import advice, snapshot
+from agent import advice, limiter_store, snapshot
 from agent import aggregator as agg
 from agent.clock import SyncClock
 from agent.commands import RemoteHandler
@@ -94,9 +94,12 @@ def record_params(
 
 
 def limiter_params(
-    cfg: Config, meter: str | None = None, rollover: dict[str, float] | None = None
+    cfg: Config,
+    meter: str | None = None,
+    rollover: dict[str, float] | None = None,
+    resolution: dict[str, float] | None = None,
 ) -> LimiterParams:
-    ro = rollover or {}
+    ro, res = rollover or {}, resolution or {}
     return LimiterParams(
         flow_limit_m3h=cfg.contract.flow_limit_m3h,
         power_limit_kw=cfg.contract.power_limit_kw,
@@ -105,7 +108,12 @@ def limiter_params(
         refresh_s=max(2.0, cfg.limiter.watchdog_s / 3),
         volume_rollover_m3=ro.get("volume_m3"),
         energy_rollover_kwh=ro.get("energy_kwh"),
+        volume_resolution_m3=res.get("volume_m3", 0.001),
+        energy_resolution_kwh=res.get("energy_kwh", 0.1),
         device=meter,
+        stroke_s=cfg.limiter.stroke_s,
+        characteristic=cfg.limiter.valve_characteristic,
+        return_max_c=cfg.limiter.return_max_c,
     )
 
 
@@ -154,6 +162,8 @@ class Agent:
         self.lstate = LimiterState.initial()
         self.meter: Channel | None = None  # the heat meter the limiter follows (the first)
         self.actuator: Device | None = None
+        self.actuator_ch: Channel | None = None
+        self.meter_res: dict[str, float] = {}
         self.limiting = False
         self.release_pending = False
         self.notifier = Notifier()
@@ -230,10 +240,17 @@ class Agent:
             self.meters.seed(d.name, state, ch.pending)
             self.channels[d.name] = ch
             if d.role == "actuator" and d.name == cfg.limiter.actuator and isinstance(dev, Device):
-                self.actuator = dev
+                self.actuator, self.actuator_ch = dev, ch
             if d.role == "heat_meter" and self.meter is None:
                 self.meter = ch
+                if isinstance(dev, Device):  # M-Bus: the limiter's default resolutions
+                    regs = dev.spec.profile.registers
+                    self.meter_res = {r.name: r.scale for r in regs if r.counter}
         self.lparams = self.limiter_params(cfg)
+        saved: LimiterState | None = await self.call(limiter_store.load, store)
+        self.lstate = saved or LimiterState.initial()
+        if saved is not None:
+            log.info("limiter state restored: %s", limiter_store.describe(saved))
         self.uplink = Uplink(
             MqttSettings(
                 url=cfg.mqtt.url,
@@ -294,7 +311,10 @@ class Agent:
     def limiter_params(self, cfg: Config) -> LimiterParams:
         m = self.meter
         return limiter_params(
-            cfg, m.params.device if m else None, dict(m.params.rollover) if m else None
+            cfg,
+            m.params.device if m else None,
+            dict(m.params.rollover) if m else None,
+            self.meter_res,
         )
 
     def set_signer(self, signer: Signer) -> None:
@@ -348,7 +368,10 @@ class Agent:
         for ev in self.meters.observe(name, r, getattr(ch.device, "stored", None)):
             await self.emit_event(ev)
         if ch is self.meter and (
-            self.lparams.flow_limit_m3h is not None or self.lparams.power_limit_kw is not None
+            self.lparams.flow_limit_m3h is not None
+            or self.lparams.power_limit_kw is not None
+            or self.lparams.return_max_c is not None
+            or self.lstate.override is not None
         ):
             await self.run_limiter(r)
         if self.release_pending and self.actuator is not None:
@@ -419,6 +442,7 @@ class Agent:
             for ev in self.monitors.on_record(rec):
                 await self.emit_event(ev)
         if ch is self.meter:
+            await self.save_limiter()
             await self.monthly_review(records[-1])
         if self.uplink is not None:
             self.uplink.wake()
@@ -451,13 +475,33 @@ class Agent:
             flow_m3h=r.good("flow_m3h"),
             power_kw=r.good("power_kw"),
             valid=r.ok and r.good("volume_m3") is not None,
+            position_pct=self.position(),
+            return_c=r.good("return_c"),
         )
+        had = self.lstate.override
         self.lstate, action = limiter_step(self.lparams, self.lstate, m)
         self.limiting = action.limiting
         for ev in action.events:
             await self.emit_event(ev)
+        if had is not None and self.lstate.override is None:
+            await self.save_limiter()  # an override ended: durable at once
+            await self.remote.publish_current()
         if action.write_pct is not None and self.actuator is not None and self.lparams.enforce:
             await self.write_limit(action.write_pct)
+
+    def position(self) -> float | None:
+        """The actuator's reported position, when its last reading is fresh."""
+        ch = self.actuator_ch
+        r = ch.last if ch is not None else None
+        if r is None or self.clock.mono() - r.mono > max(5.0, 3 * ch.poll_s):  # type: ignore[union-attr]
+            return None
+        return r.good("position_pct")
+
+    async def save_limiter(self) -> None:
+        """The limiter's state to the store (a small meta row): at a period close of its
+        meter, with every sample flush, and when an override starts or ends."""
+        if self.store is not None:
+            await self.call(limiter_store.save, self.store, self.lstate)
 
     async def write_limit(self, pct: float) -> None:
         assert self.actuator is not None
@@ -493,6 +537,7 @@ class Agent:
     async def flush_loop(self) -> None:
         while await self.pause(self.cfg.storage.flush_s):
             await self.flush_samples()
+            await self.save_limiter()
 
     async def maintenance_loop(self) -> None:
         assert self.store is not None
@@ -619,6 +664,7 @@ class Agent:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.flush_samples()
+            await self.save_limiter()
         with contextlib.suppress(OSError):  # stopped: readers see "agent not running"
             self.cfg.live.path.unlink()
         if self.uplink is not None:

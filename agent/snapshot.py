@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.limiter import LimiterParams, LimiterState
-from agent.limiter import _allowed_rate as allowed_rate
+from agent.limiter_law import allowed_rate
 from drivers.types import Reading
 
 SCHEMA_VERSION = 1
@@ -87,7 +87,7 @@ def limiter_view(
     period = state.vol.period if state.vol.period is not None else state.energy.period
     allowed: float | None = None
     if lim is not None and state.vol.period is not None and state.last_t is not None:
-        q = allowed_rate(lim, state.vol.used, state.vol.period, params, state.last_t)
+        q = allowed_rate(lim, state.vol.used, state.vol.period, params, state, state.last_t)
         allowed = round(q, 4)
     plim = params.power_limit_kw
     return {

@@ -2,27 +2,34 @@
 
 A day of ``winter-peak`` (demand 1.5-2.5 x a 2.5 m3/h contract) with
 ``simulator.plant.Plant`` driven directly: every simulated second the meter is read as
-the sim-heat-meter profile shows it (volume floored to 0.001 m3, energy to 0.1 kWh,
-flow and power as float32), ``agent.limiter.step`` runs, and a write goes to the
-actuator as dh-sim applies it (``Plant.write_limit``, 0.1 % register steps, watchdog
-refreshed); then the plant advances one second.
+the sim-heat-meter profile shows it (``Plant.meter.shown``: volume floored to 0.001 m3,
+energy to 0.1 kWh, flow and power as float32) with the actuator's reported position
+(0.1 % steps), ``agent.limiter.step`` runs, and a write goes to the actuator as dh-sim
+applies it (``Plant.write_limit``, 0.1 % register steps, watchdog refreshed); then the
+plant advances one second.
 
-Figures, per configuration: period 3600 s and 60 s, a bare run without limiter, and as
-robustness checks (not targets) ``mixed`` (demand crossing the contract, so the limiter
-releases and re-engages) and ``slow`` (the actuator travels 0.5 %/s
-instead of jumping; the law is not told):
+Cases: the instant plant (period 3600 s and 60 s), a bare run without limiter,
+``mixed`` (demand crossing the contract, so the limiter releases and re-engages), and
+real hardware: ``slow`` (scenario ``winter-peak-slow``: 90 s full-stroke actuator with a
+0.5 % deadband on an equal-percentage valve, meter refreshed every 10 s with a 5 s lag),
+``restart`` (the same, the limiter restarted at a random moment of every hour: down
+5-60 s, then its state loaded from a real ``agent.store.Store`` where it was saved
+through ``agent.limiter_store`` every 300 s and at each period close, as the runner
+does) and ``slower`` (180 s stroke, meter refreshed every 60 s).
 
 * ``utilisation``: delivered volume / allowed volume over the limited periods (periods
   in which the limiter was limiting at some time), where the allowed volume of a period
   is ``min(limit x period, the building's demand volume)``, by the plant's truth;
 * ``overshoot_pct``: the worst full period's average flow over the limit, in %, by truth
-  (0 when no period is over); ``..._reg`` the same by the meter's registers, i.e. what
-  the interval records show;
+  (0 when no period is over); ``..._reg`` the same by the meter's registers;
 * ``min_ratio`` / ``max_ratio``: the lowest / highest period average / limit;
-* ``writes_per_h``: actuator writes per hour.
+* ``writes_per_h``: actuator writes per hour; ``moves_per_h`` those that were not
+  watchdog refreshes.
 
-Last line JSON: the 3600 s figures, ``{"utilisation": .., "overshoot_pct": ..}``, plus
-the 60 s ones under ``p60_*`` and the bare overshoot under ``bare_overshoot_pct``.
+Last line JSON: the instant 3600 s figures ``utilisation``, ``overshoot_pct``, the 60 s
+ones under ``p60_*``, ``bare_overshoot_pct``, and ``slow_utilisation``,
+``slow_overshoot_pct``, ``slow_writes_per_hour``, ``restart_overshoot_pct`` (with
+``restart_utilisation``), ``slower_utilisation``, ``slower_overshoot_pct``.
 
     python -m bench.limiter [--hours 24] [--seed 1]
 """
@@ -32,13 +39,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import struct
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from agent import limiter_store
 from agent.limiter import LimiterParams, LimiterState, MeterInput, step
+from agent.store import Store
 from simulator.plant import Plant
 from simulator.scenarios import ScenarioParams, get_scenario
 
@@ -51,13 +63,16 @@ def f32(x: float) -> float:
 
 
 def reading(pl: Plant) -> MeterInput:
+    m = pl.meter.shown
     return MeterInput(
         t=pl.t,
-        volume_m3=math.floor(pl.volume_m3 / 0.001 + 1e-9) * 0.001,
-        energy_kwh=math.floor(pl.energy_kwh / 0.1 + 1e-9) * 0.1,
-        flow_m3h=f32(pl.flow_m3h),
-        power_kw=f32(pl.power_kw),
+        volume_m3=math.floor(m["volume_m3"] / 0.001 + 1e-9) * 0.001,
+        energy_kwh=math.floor(m["energy_kwh"] / 0.1 + 1e-9) * 0.1,
+        flow_m3h=f32(m["flow_m3h"]),
+        power_kw=f32(m["power_kw"]),
         valid=True,
+        position_pct=round(pl.position_pct, 1),
+        return_c=round(m["return_c"], 2),
     )
 
 
@@ -74,8 +89,25 @@ class Period:
 class Run:
     periods: list[Period] = field(default_factory=list)
     writes: int = 0
+    moves: int = 0
+    restarts: int = 0
     events: dict[str, int] = field(default_factory=dict)
     seconds: int = 0
+
+
+def params_for(period_s: int, sc: ScenarioParams) -> LimiterParams:
+    """The limiter configured for the plant, as an installer would (stroke time and the
+    valve's characteristic from the data sheet)."""
+    return LimiterParams(
+        flow_limit_m3h=LIMIT,
+        power_limit_kw=None,
+        period_s=period_s,
+        enforce=True,
+        refresh_s=20.0,
+        stroke_s=sc.stroke_s,
+        characteristic=sc.valve_characteristic,
+        meter_lag_s=sc.meter_lag_s,
+    )
 
 
 def simulate(
@@ -84,45 +116,55 @@ def simulate(
     seed: int,
     limiter: bool,
     scenario: ScenarioParams | None = None,
-    travel_pct_s: float | None = None,
+    restart_db: Path | None = None,
 ) -> Run:
-    """One run. ``scenario`` replaces winter-peak; ``travel_pct_s`` makes the actuator
-    move its limit toward the written value at that many % per second instead of at
-    once (a slow actuator; the law is not told)."""
+    """One run. ``restart_db``: restart the limiter once an hour through that store."""
     pl = Plant("winter-peak", seed=seed, t0=T0, params=scenario)
-    command = 100.0
-    p = LimiterParams(
-        flow_limit_m3h=LIMIT, power_limit_kw=None, period_s=period_s, enforce=True, refresh_s=20.0
-    )
+    p = params_for(period_s, pl.params)
     s = LimiterState.initial()
     run = Run(seconds=seconds)
     cur = Period(T0)
     v_true0, v_reg0 = pl.delivered_volume_m3, reading(pl).volume_m3
-    for _ in range(seconds):
-        m = reading(pl)
-        if limiter:
-            s, a = step(p, s, m)
-            for ev in a.events:
-                run.events[ev["kind"]] = run.events.get(ev["kind"], 0) + 1
-            if a.write_pct is not None:
-                command = round(a.write_pct * 10) / 10
-                run.writes += 1
-                if travel_pct_s is None:
-                    pl.write_limit(command)
-            if travel_pct_s is not None and pl.valve_limit_pct != command:
-                d = command - pl.valve_limit_pct
-                pl.write_limit(pl.valve_limit_pct + max(-travel_pct_s, min(travel_pct_s, d)))
-            cur.limited = cur.limited or a.limiting
-        cur.demand += pl.demand_flow_m3h / 3600.0
-        pl.step(1.0)
-        if round(pl.t - T0) % period_s == 0:
-            reg = reading(pl).volume_m3
-            assert reg is not None and v_reg0 is not None
-            cur.delivered = pl.delivered_volume_m3 - v_true0
-            cur.reg = reg - v_reg0
-            run.periods.append(cur)
-            cur = Period(pl.t)
-            v_true0, v_reg0 = pl.delivered_volume_m3, reg
+    rng = random.Random(f"{seed}:restarts")
+    store = Store(restart_db) if restart_db is not None else None
+    down_at, up_at = -1, -1
+    try:
+        for i in range(seconds):
+            if store is not None:
+                if i % 3600 == 0:
+                    down_at = i + rng.randrange(0, 3600)
+                    up_at = down_at + rng.randrange(5, 61)
+                if i % 300 == 0 and not (down_at <= i < up_at):
+                    limiter_store.save(store, s)
+                if i == up_at:
+                    loaded = limiter_store.load(store)
+                    assert loaded is not None
+                    s, run.restarts = loaded, run.restarts + 1
+            m = reading(pl)
+            if limiter and not (down_at <= i < up_at):
+                s, a = step(p, s, m)
+                for ev in a.events:
+                    run.events[ev["kind"]] = run.events.get(ev["kind"], 0) + 1
+                if a.write_pct is not None:
+                    run.writes += 1
+                    run.moves += 0 if a.refresh else 1
+                    pl.write_limit(round(a.write_pct * 10) / 10)
+                cur.limited = cur.limited or a.limiting
+            cur.demand += pl.demand_flow_m3h / 3600.0
+            pl.step(1.0)
+            if round(pl.t - T0) % period_s == 0:
+                reg = reading(pl).volume_m3
+                assert reg is not None and v_reg0 is not None
+                cur.delivered = pl.delivered_volume_m3 - v_true0
+                cur.reg = reg - v_reg0
+                run.periods.append(cur)
+                cur = Period(pl.t)
+                v_true0, v_reg0 = pl.delivered_volume_m3, reg
+                if store is not None and not (down_at <= i < up_at):
+                    limiter_store.save(store, s)  # with the period's records
+    finally:
+        if store is not None:
+            store.close()
     return run
 
 
@@ -147,6 +189,8 @@ def figures(run: Run, period_s: int) -> dict[str, Any]:
         "min_demand_ratio": round(min(q.demand / allow for q in every), 3),
         "max_demand_ratio": round(max(q.demand / allow for q in every), 3),
         "writes_per_h": round(run.writes * 3600.0 / run.seconds, 1),
+        "moves_per_h": round(run.moves * 3600.0 / run.seconds, 1),
+        "restarts": run.restarts,
         "events": run.events,
     }
 
@@ -155,28 +199,38 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", help="comma-separated cases (no summary line)")
     args = ap.parse_args(argv)
     seconds = int(args.hours * 3600)
     # demand crossing the contract twice a day: release and re-engage
     mixed = replace(
         get_scenario("winter-peak"), ua_kw_k=5.0, outdoor_mean_c=-10.0, outdoor_amp_c=12.0
     )
-    runs: list[tuple[str, int, bool, ScenarioParams | None, float | None]] = [
-        ("p3600", 3600, True, None, None),
-        ("p60", 60, True, None, None),
-        ("bare", 3600, False, None, None),
-        ("mixed3600", 3600, True, mixed, None),
-        ("mixed60", 60, True, mixed, None),
-        ("slow3600", 3600, True, None, 0.5),  # actuator travels 0.5 %/s
-        ("slow60", 60, True, None, 0.5),
+    slow, slower = get_scenario("winter-peak-slow"), get_scenario("winter-peak-slower")
+    runs: list[tuple[str, int, bool, ScenarioParams | None, bool]] = [
+        ("p3600", 3600, True, None, False),
+        ("p60", 60, True, None, False),
+        ("bare", 3600, False, None, False),
+        ("mixed3600", 3600, True, mixed, False),
+        ("mixed60", 60, True, mixed, False),
+        ("slow", 3600, True, slow, False),
+        ("restart", 3600, True, slow, True),
+        ("slower", 3600, True, slower, False),
     ]
+    only = set(args.only.split(",")) if args.only else None
     out: dict[str, dict[str, Any]] = {}
-    for name, period_s, lim, sc, travel in runs:
-        c0 = time.perf_counter()
-        f = figures(simulate(period_s, seconds, args.seed, lim, sc, travel), period_s)
-        f["cpu_s"] = round(time.perf_counter() - c0, 1)
-        out[name] = f
-        print(f"{name:9s} period {period_s:5d} s: {json.dumps(f)}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="dh-bench-limiter-") as tmp:
+        for name, period_s, lim, sc, restart in runs:
+            if only is not None and name not in only:
+                continue
+            c0 = time.perf_counter()
+            db = Path(tmp) / f"{name}.db" if restart else None
+            f = figures(simulate(period_s, seconds, args.seed, lim, sc, db), period_s)
+            f["cpu_s"] = round(time.perf_counter() - c0, 1)
+            out[name] = f
+            print(f"{name:9s} period {period_s:5d} s: {json.dumps(f)}", flush=True)
+    if only is not None:
+        return 0
     a, b, bare = out["p3600"], out["p60"], out["bare"]
     print(
         json.dumps(
@@ -189,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
                 "p60_max_ratio_reg": b["max_ratio_reg"],
                 "p60_min_ratio_reg": b["min_ratio_reg"],
                 "bare_overshoot_pct": bare["overshoot_pct"],
+                "slow_utilisation": out["slow"]["utilisation"],
+                "slow_overshoot_pct": out["slow"]["overshoot_pct"],
+                "slow_writes_per_hour": out["slow"]["moves_per_h"],
+                "restart_overshoot_pct": out["restart"]["overshoot_pct"],
+                "restart_utilisation": out["restart"]["utilisation"],
+                "slower_utilisation": out["slower"]["utilisation"],
+                "slower_overshoot_pct": out["slower"]["overshoot_pct"],
             }
         )
     )

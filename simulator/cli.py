@@ -87,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-kind fault probability per read request (faults scenario default 0.03)",
     )
     ap.add_argument("--step-s", type=float, default=0.1, help="plant update period (s)")
+    ap.add_argument(
+        "--stroke-s", type=float, help="actuator full-stroke time in s (0 = instant, the default)"
+    )
+    ap.add_argument("--deadband-pct", type=float, help="actuator deadband in %% (default 0)")
+    ap.add_argument(
+        "--valve",
+        choices=("linear", "equal-percentage"),
+        help="valve characteristic (default linear)",
+    )
+    ap.add_argument(
+        "--meter-update-s",
+        type=float,
+        help="the meter refreshes its registers every N s (0 = live, the default)",
+    )
+    ap.add_argument(
+        "--meter-lag-s", type=float, help="the meter's measurement lag in s (default 0)"
+    )
     return ap
 
 
@@ -105,6 +122,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["watchdog_s"] = args.watchdog_s
     if args.meter_swap_after_s is not None:
         o["meter_swap_after_s"] = args.meter_swap_after_s
+    for arg, key in (
+        ("stroke_s", "stroke_s"),
+        ("deadband_pct", "deadband_pct"),
+        ("valve", "valve_characteristic"),
+        ("meter_update_s", "meter_update_s"),
+        ("meter_lag_s", "meter_lag_s"),
+    ):
+        if getattr(args, arg) is not None:
+            o[key] = getattr(args, arg)
     return o
 
 
@@ -140,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.watchdog_s is not None and not args.watchdog_s > 0:
         print("dh-sim: --watchdog-s must be positive", file=sys.stderr)
         return 2
+    for name in ("stroke_s", "deadband_pct", "meter_update_s", "meter_lag_s"):
+        v = getattr(args, name)
+        if v is not None and not (v >= 0 and v < 1e6):
+            print(f"dh-sim: --{name.replace('_', '-')} must be >= 0", file=sys.stderr)
+            return 2
     if args.step_s <= 0:
         print("dh-sim: --step-s must be positive", file=sys.stderr)
         return 2

@@ -17,14 +17,20 @@ Model (per instant):
   to ``outage_supply_c`` for a while;
 * demand flow: the flow that delivers the demand at the nominal cooling
   ``supply - return_nominal``: ``Qd = P * 3600 / (rho c dT)``, rho 975 kg/m3, c 4.19 kJ/kgK;
-* valve (linear characteristic): capacity at 100 % open ``kvs * sqrt(dp / 100 kPa)``;
-  delivered flow ``Q = min(Qd, capacity * limit / 100)``; position = Q / capacity;
+* valve: capacity at 100 % open ``kvs * sqrt(dp / 100 kPa)``; the written limit moves
+  the actuator's stroke limit (``simulator.actuator``: full-stroke time, deadband;
+  instant by default); delivered flow ``Q = min(Qd, capacity * fraction(stroke limit))``
+  with the valve's characteristic (linear by default, or equal-percentage); position =
+  the stroke that passes Q;
 * throttled (``x = Q / Qd < 1``): the building's heat exchanger cools the smaller flow
   more: delivered power ``P = P_demand * x ** 0.4`` (``throttle_exponent``), i.e. cooling
-  ``dT = dT_nominal * x ** -0.6``, never below the secondary return (``secondary_min_c``);
+  ``dT = dT_nominal * x ** -0.6``, the return never below the building's own return
+  (``secondary_min_c + secondary_slope * (indoor - outdoor)``, about 29 C at 0 C outdoor);
   so the return temperature falls but the delivered heat stays below the demand;
 * meter integrals: ``volume += Q dt / 3600``, ``energy += Q rho c dT / 3600 dt / 3600``
-  (kWh), rolling over like the profile's counters; one reset in ``faults``;
+  (kWh), rolling over like the profile's counters; one reset in ``faults``; what the
+  meter shows (``Plant.meter.shown``) lags and is refreshed every ``meter_update_s``
+  (``simulator.meter``; live by default);
 * actuator watchdog: a limit not re-written for more than ``watchdog_s`` is released
   to 100 %.
 """
@@ -35,6 +41,8 @@ import math
 import random
 from collections import Counter
 
+from simulator.actuator import Actuator, Valve
+from simulator.meter import MeterDisplay
 from simulator.scenarios import ScenarioParams, get_scenario
 
 RHO_KG_M3 = 975.0
@@ -103,6 +111,9 @@ class Plant:
         self.delivered_energy_kwh = 0.0  # since t0, never reset or rolled over
         self.delivered_volume_m3 = 0.0
         self.watchdog_s = float(p.watchdog_s)
+        self.actuator = Actuator(p.stroke_s, p.deadband_pct)
+        self.valve = Valve(p.valve_characteristic, p.rangeability)
+        self.meter = MeterDisplay(p.meter_update_s, p.meter_lag_s)
         self.valve_limit_pct = 100.0
         self.limit_active = False
         self._limit_written_at: float | None = None
@@ -134,6 +145,7 @@ class Plant:
         if not math.isfinite(pct):
             raise ValueError("limit must be finite")
         self.valve_limit_pct = _clamp(float(pct), 0.0, 100.0)
+        self.actuator.command(self.valve_limit_pct, self.position_pct)
         self.limit_active = True
         self._limit_written_at = self.t
         self._update_state()
@@ -157,10 +169,11 @@ class Plant:
         while dt - done > 1e-12:
             h = min(MAX_SUBSTEP_S, dt - done)
             self._integrate(h)
+            self.actuator.step(h)
             done += h
             self.t = start + done
             self._events()
-            self._update_state()
+            self._update_state(h)
         self.t = start + dt
 
     def _integrate(self, h: float) -> None:
@@ -232,7 +245,7 @@ class Plant:
             return min(1.0, rel / ramp)
         return max(0.0, 1.0 - (rel - p.outage_duration_s) / ramp)
 
-    def _update_state(self) -> None:
+    def _update_state(self, h: float = 0.0) -> None:
         p = self.params
         t = self.t
         if (
@@ -241,6 +254,7 @@ class Plant:
             and t - self._limit_written_at > self.watchdog_s
         ):
             self.valve_limit_pct = 100.0
+            self.actuator.command(100.0)
             self.limit_active = False
             self.events.append((t, "watchdog_release"))
         hour = (t % 86400.0) / 3600.0
@@ -263,11 +277,17 @@ class Plant:
         self.dhw_kw = self._dhw_kw(t)
         demand_kw = p.ua_kw_k * max(0.0, p.indoor_c - out) + self.dhw_kw
         self.demand_kw = demand_kw
-        dt_nom = max(supply - p.return_nominal_c, 2.0)
+        ret_nom = p.return_nominal_c
+        if p.return_high_after_s is not None:
+            rel = t - self.t0 - p.return_high_after_s
+            if 0.0 <= rel < p.return_high_duration_s:
+                ret_nom = p.return_high_c
+        dt_nom = max(supply - ret_nom, 2.0)
         qd = min(demand_kw * 3600.0 / (RHO_C * dt_nom), p.demand_flow_max_m3h)
         cap = p.kvs_m3h * math.sqrt(dp_net / 100.0)
-        q = max(0.0, min(qd, cap * self.valve_limit_pct / 100.0))
-        max_cooling = max(0.0, supply - p.secondary_min_c)
+        q = max(0.0, min(qd, cap * self.valve.fraction(self.actuator.limit_pct)))
+        floor = p.secondary_min_c + p.secondary_slope * max(0.0, p.indoor_c - out)
+        max_cooling = max(0.0, supply - floor)
         if q <= 1e-12:
             cooling = 0.0 if qd <= 1e-12 else max_cooling
             q = 0.0
@@ -281,7 +301,19 @@ class Plant:
         self.flow_m3h = q
         self.power_kw = q * RHO_C * cooling / 3600.0
         self.dp_kpa = max(0.0, dp_net - p.dp_site_loss_kpa_per_m3h2 * q * q)
-        self.position_pct = _clamp(100.0 * q / cap, 0.0, 100.0) if cap > 0 else 0.0
+        self.position_pct = self.valve.stroke(q / cap) if cap > 0 else 0.0
+        self.meter.observe(
+            t,
+            h,
+            {
+                "flow_m3h": q,
+                "power_kw": self.power_kw,
+                "supply_c": supply,
+                "return_c": self.return_c,
+                "volume_m3": self.volume_m3,
+                "energy_kwh": self.energy_kwh,
+            },
+        )
 
     # --- output ------------------------------------------------------------------------
 
@@ -297,6 +329,7 @@ class Plant:
             "return_c": self.return_c,
             "dp_kpa": self.dp_kpa,
             "valve_limit_pct": self.valve_limit_pct,
+            "stroke_limit_pct": self.actuator.limit_pct,
             "power_kw": self.power_kw,
             "demand_kw": self.demand_kw,
             "outdoor_c": self.outdoor_c,

@@ -20,6 +20,19 @@ Scenarios:
                  a new identification number (M-Bus) and serial (Modbus), registers
                  restarting near zero.
 
+``winter-peak-slow``    ``winter-peak`` on real hardware: a 90 s full-stroke actuator with a
+                 0.5 % deadband on an equal-percentage valve, a meter refreshed every 10 s
+                 with a 5 s lag.
+``winter-peak-slower``  the same with a 180 s actuator and a meter refreshed every 60 s.
+``steady-slow``  ``steady`` physics on the slow hardware of ``winter-peak-slow``.
+``return-high``  ``steady`` physics; from ``return_high_after_s`` for
+                 ``return_high_duration_s`` the building returns at ``return_high_c``
+                 (55 C) at full flow instead of 40 C (a bad secondary), then recovers.
+
+Every scenario other than the ``*-slow*`` ones keeps the instant actuator, the linear
+valve and the live meter; ``dh-sim --stroke-s/--deadband-pct/--valve/--meter-update-s/
+--meter-lag-s`` select them for any scenario.
+
 On the M-Bus slave (``--mbus-pty``) the request faults are: ``p_timeout`` no answer,
 ``p_bad_crc`` a bad checksum, ``p_mbus_cut`` a reply cut short, ``p_exception`` a status
 byte with an error bit, ``p_mbus_multi`` a reading split into two telegrams,
@@ -46,7 +59,8 @@ class ScenarioParams:
     indoor_c: float = 20.0
     ua_kw_k: float = 2.75
     return_nominal_c: float = 40.0  # return temperature when the flow meets demand
-    secondary_min_c: float = 20.0  # return can never fall below this (secondary side)
+    secondary_min_c: float = 25.0  # the building's own return floor at 20 K heating load ...
+    secondary_slope: float = 0.2  # ... rising this much per K of (indoor - outdoor)
     throttle_exponent: float = 0.4  # delivered/demand power = (flow/demand flow) ** this
     demand_flow_max_m3h: float = 8.0  # the building's own valves fully open
     # --- domestic hot water: per 300 s slot, 0..dhw_max_per_slot draws
@@ -62,14 +76,26 @@ class ScenarioParams:
     dp_load_drop_kpa: float = 40.0
     dp_noise_kpa: float = 2.0
     dp_site_loss_kpa_per_m3h2: float = 0.3  # the service pipe's own loss, ~ Q^2
-    # --- valve: linear characteristic, capacity = kvs * sqrt(dp / 100 kPa) at 100 % open
+    # --- valve: capacity = kvs * sqrt(dp / 100 kPa) at 100 % open (simulator.actuator)
     kvs_m3h: float = 10.0
     watchdog_s: float = 60.0
+    valve_characteristic: str = "linear"  # or "equal-percentage"
+    rangeability: float = 50.0  # equal-percentage: capacity at 0 % stroke is 1/this
+    stroke_s: float = 0.0  # actuator full-stroke time; 0 = the limit moves at once
+    deadband_pct: float = 0.0  # the actuator ignores a command change smaller than this
+    # --- what the meter shows (simulator.meter): 0 = live
+    meter_update_s: float = 0.0  # registers refreshed every this many seconds
+    meter_lag_s: float = 0.0  # first-order lag of flow, power and temperatures
     # --- outage (supply temperature collapse)
     outage_after_s: float | None = None
     outage_duration_s: float = 30.0
     outage_supply_c: float = 38.0
     outage_ramp_s: float = 5.0
+    # --- a building whose return runs high for a while (a bad secondary: the return
+    #     temperature at full flow is return_high_c instead of return_nominal_c)
+    return_high_after_s: float | None = None
+    return_high_duration_s: float = 300.0
+    return_high_c: float = 55.0
     # --- meter counters (start values, rollover as the sim-heat-meter profile)
     energy0_kwh: float | None = None  # None: seeded start value
     volume0_m3: float | None = None
@@ -121,6 +147,19 @@ SCENARIOS: dict[str, ScenarioParams] = {
     "low-dp": replace(_STEADY, name="low-dp", dp_nominal_kpa=60.0, dp_load_drop_kpa=40.0),
     "meter-swap": replace(_STEADY, name="meter-swap", meter_swap_after_s=30.0),
 }
+_SLOW: dict[str, Any] = dict(
+    stroke_s=90.0,
+    deadband_pct=0.5,
+    valve_characteristic="equal-percentage",
+    meter_update_s=10.0,
+    meter_lag_s=5.0,
+)
+SCENARIOS["winter-peak-slow"] = replace(SCENARIOS["winter-peak"], name="winter-peak-slow", **_SLOW)
+SCENARIOS["winter-peak-slower"] = replace(
+    SCENARIOS["winter-peak-slow"], name="winter-peak-slower", stroke_s=180.0, meter_update_s=60.0
+)
+SCENARIOS["steady-slow"] = replace(_STEADY, name="steady-slow", **_SLOW)
+SCENARIOS["return-high"] = replace(_STEADY, name="return-high", return_high_after_s=60.0)
 
 
 def scenario_names() -> list[str]:

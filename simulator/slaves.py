@@ -94,25 +94,26 @@ class SlaveBank:
         """Scaled register values of ``unit`` now; ``absurd`` picks a corrupted variant."""
         pl = self.plant
         if unit == UNIT_HEAT_METER:
+            m = pl.meter.shown  # what the meter shows: lagged, refreshed at its cycle
             v = {
                 "device_type": 0x4801,
                 "status": 0.0,
                 "serial": float(self.serial + 1111 * pl.meter_swaps),  # a new meter, new serial
                 "operating_hours": float(self._op_hours0 + int((pl.t - pl.t0) // 3600)),
-                "energy_kwh": pl.energy_kwh,
+                "energy_kwh": m["energy_kwh"],
                 "energy_unit": 0.0,
-                "volume_m3": pl.volume_m3,
+                "volume_m3": m["volume_m3"],
                 "volume_unit": 1.0,
-                "power_kw": pl.power_kw,
-                "flow_m3h": pl.flow_m3h,
-                "supply_c": pl.supply_c,
-                "return_c": pl.return_c,
-                "delta_t_c": pl.supply_c - pl.return_c,
+                "power_kw": m["power_kw"],
+                "flow_m3h": m["flow_m3h"],
+                "supply_c": m["supply_c"],
+                "return_c": m["return_c"],
+                "delta_t_c": m["supply_c"] - m["return_c"],
             }
             if absurd == 0:  # open supply sensor
                 v.update(supply_c=185.0, delta_t_c=0.0, power_kw=0.0, status=1.0)
             elif absurd == 1:  # negative flow
-                v.update(flow_m3h=-abs(pl.flow_m3h) - 0.5)
+                v.update(flow_m3h=-abs(m["flow_m3h"]) - 0.5)
             return v
         if unit == UNIT_DP_SENSOR:
             v = {"dp_kpa": pl.dp_kpa, "module_status": 0.0}

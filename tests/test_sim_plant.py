@@ -170,3 +170,129 @@ def test_counter_reset_and_rollover() -> None:
 def test_step_rejects_bad_dt(bad: float) -> None:
     with pytest.raises(ValueError):
         Plant().step(bad)
+
+
+# --- real hardware: actuator travel, valve characteristic, meter refresh, return floor ---
+
+
+def test_default_scenarios_keep_the_instant_actuator_and_the_live_meter() -> None:
+    for name in ("steady", "winter-peak", "faults", "outage", "low-dp"):
+        p = get_scenario(name)
+        assert p.stroke_s == 0.0 and p.meter_update_s == 0.0 and p.meter_lag_s == 0.0
+        assert p.valve_characteristic == "linear"
+    pl = Plant("winter-peak", seed=1, t0=T0)
+    pl.step(5.0)
+    pl.write_limit(30.0)
+    assert pl.flow_m3h == pytest.approx(pl.capacity_m3h * 0.30)
+    assert pl.meter.shown["flow_m3h"] == pl.flow_m3h  # shown at once
+    assert pl.position_pct == pytest.approx(30.0)
+
+
+def test_actuator_travels_at_its_stroke_speed_and_reports_its_position() -> None:
+    sc = replace(get_scenario("winter-peak"), stroke_s=90.0)
+    pl = Plant("winter-peak", seed=1, t0=T0, params=sc)
+    pl.step(5.0)
+    start = pl.position_pct  # where the building's own demand holds the valve
+    assert 40.0 < start < 70.0
+    pl.write_limit(start - 18.0)  # 18 % of stroke: 16.2 s
+    assert pl.valve_limit_pct == pytest.approx(start - 18.0)  # the register at once
+    pl.step(8.0)
+    assert pl.position_pct == pytest.approx(start - 8.0 * 100 / 90, abs=0.2)  # half way
+    assert pl.actuator.moving
+    pl.step(9.0)
+    assert pl.position_pct == pytest.approx(start - 18.0, abs=0.01)
+    assert not pl.actuator.moving
+    assert pl.truth()["stroke_limit_pct"] == pytest.approx(start - 18.0)
+
+
+def test_actuator_deadband_ignores_small_commands() -> None:
+    sc = replace(get_scenario("winter-peak"), stroke_s=90.0, deadband_pct=0.5, watchdog_s=600.0)
+    pl = Plant("winter-peak", seed=1, t0=T0, params=sc)
+    pl.write_limit(40.0)
+    pl.step(80.0)
+    assert pl.position_pct == pytest.approx(40.0)
+    pl.write_limit(40.4)  # inside the deadband: stays
+    pl.step(5.0)
+    assert pl.position_pct == pytest.approx(40.0)
+    pl.write_limit(41.0)  # outside: moves
+    pl.step(5.0)
+    assert pl.position_pct == pytest.approx(41.0)
+
+
+def test_equal_percentage_valve() -> None:
+    sc = replace(get_scenario("winter-peak"), valve_characteristic="equal-percentage")
+    pl = Plant("winter-peak", seed=1, t0=T0, params=sc)
+    pl.step(1.0)
+    pl.write_limit(50.0)
+    # half the stroke passes 50 ** -0.5 of the capacity
+    assert pl.flow_m3h == pytest.approx(pl.capacity_m3h * 50**-0.5)
+    assert pl.position_pct == pytest.approx(50.0)
+    pl.write_limit(0.0)
+    assert pl.flow_m3h == 0.0
+    v = pl.valve
+    for s in (1.0, 2.0, 10.0, 60.0, 100.0):
+        assert v.stroke(v.fraction(s)) == pytest.approx(s)
+
+
+def test_meter_refreshes_every_update_s_with_a_lag() -> None:
+    sc = replace(get_scenario("winter-peak"), meter_update_s=10.0, meter_lag_s=5.0)
+    pl = Plant("winter-peak", seed=1, t0=T0, params=sc)
+    shown = []
+    for _ in range(40):
+        pl.step(1.0)
+        shown.append((pl.meter.shown["flow_m3h"], pl.meter.shown["volume_m3"]))
+    # constant within each 10 s cycle, new at each
+    changes = [i for i in range(1, 40) if shown[i] != shown[i - 1]]
+    assert changes == [9, 19, 29, 39], changes
+    # the lag: after a step in the true flow, the shown one follows with tau = 5 s
+    pl.write_limit(20.0)
+    true = pl.flow_m3h
+    before = pl.meter.shown["flow_m3h"]
+    pl.step(10.0)
+    f = pl.meter.shown["flow_m3h"]
+    frac = (before - f) / (before - true)
+    assert 0.8 < frac < 0.9, frac  # about 1 - exp(-10 / 5) = 0.86 of the way
+
+
+def test_return_never_below_the_buildings_own_return() -> None:
+    pl = Plant("winter-peak", seed=1, t0=T0)
+    pl.step(1.0)
+    pl.write_limit(5.0)  # heavily throttled
+    floor = 25.0 + 0.2 * (20.0 - pl.outdoor_c)
+    assert pl.return_c >= floor - 1e-9
+    assert 30.0 < floor < 40.0  # about -24 C outdoor
+    st = Plant("steady", seed=1, t0=T0)
+    st.write_limit(1.0)
+    assert 25.0 <= st.return_c < st.supply_c
+
+
+def test_slow_scenarios_and_return_high() -> None:
+    s = get_scenario("winter-peak-slow")
+    assert (s.stroke_s, s.meter_update_s, s.valve_characteristic) == (
+        90.0,
+        10.0,
+        "equal-percentage",
+    )
+    s2 = get_scenario("winter-peak-slower")
+    assert (s2.stroke_s, s2.meter_update_s) == (180.0, 60.0)
+    pl = Plant("return-high", seed=1, t0=T0)
+    pl.step(30.0)
+    low = pl.return_c
+    pl.step(60.0)
+    assert pl.return_c > low + 10.0
+    pl.step(400.0)
+    assert pl.return_c == pytest.approx(low, abs=2.0)
+
+
+def test_dh_sim_options_select_the_hardware() -> None:
+    from simulator.cli import _overrides, build_parser
+
+    argv = "--scenario steady --stroke-s 120 --deadband-pct 0.5 --valve equal-percentage"
+    args = build_parser().parse_args(
+        [*argv.split(), "--meter-update-s", "30", "--meter-lag-s", "4"]
+    )
+    p = get_scenario(args.scenario, **_overrides(args))
+    assert (p.stroke_s, p.deadband_pct, p.valve_characteristic) == (120.0, 0.5, "equal-percentage")
+    assert (p.meter_update_s, p.meter_lag_s) == (30.0, 4.0)
+    plain = build_parser().parse_args(["--scenario", "steady"])
+    assert _overrides(plain) == {}

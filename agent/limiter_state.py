@@ -1,0 +1,125 @@
+"""The limiter's state: plain frozen data, and its JSON form for the store.
+
+Everything a restart needs to continue the same period's budget is here: the volume and
+energy used in the running period with the register value they were counted up to, the
+limit last written, whether a limit is in force, the return-temperature limitation and
+a timed override. ``to_json``/``from_json`` round-trip it exactly; an unreadable or
+foreign document gives ``None`` (the caller starts afresh).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Track:
+    """Accounting of one counter (volume or energy) in the current period."""
+
+    period: float | None = None  # start of the period being accounted
+    used: float = 0.0  # register units used since the period start
+    full: bool = False  # observed from the period start (no long gap)
+    reg: float | None = None  # last register value
+    reg_t: float | None = None  # when the register last changed (meters refresh slowly)
+    reported: float | None = None  # period start whose exceedance was reported
+
+
+@dataclass(frozen=True)
+class Override:
+    """A timed lower limit (cmd ``limit_override``)."""
+
+    until: float  # Unix s; in force while t < until
+    flow_limit_m3h: float | None = None
+    power_limit_kw: float | None = None
+    id: str = ""
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
+class LimiterState:
+    last_t: float | None = None  # time of the last good reading
+    vol: Track = Track()
+    energy: Track = Track()
+    applied_pct: float | None = None  # last written limit (None: never written)
+    last_write_t: float | None = None
+    limiting: bool = False
+    since: float | None = None  # limiting since
+    open_since: float | None = None  # the law has wanted the valve fully open since
+    failsafe_since: float | None = None  # fail-safe in force since (last good reading)
+    bad_since: float | None = None  # first bad reading after a good one
+    # --- slow plants: the actuator's travel and the meter's refresh ---------------------
+    settle_t: float | None = None  # the valve is expected at rest from then (travel model)
+    rest_since: float | None = None  # the valve was first seen at rest after a command
+    last_pos: float | None = None  # reported position at the last reading
+    last_meas: tuple[float, float] | None = None  # last (flow, power) values shown
+    fresh_t: float | None = None  # when the meter last showed new values
+    steady_t: float | None = None  # when an unchanged value last counted as new
+    meter_iv: float = 0.0  # the meter's refresh interval, estimated (0: not yet)
+    # --- return-temperature limitation ------------------------------------------------
+    ret_allow: float | None = None  # allowed flow while the return limit is engaged
+    ret_ref: float | None = None  # the flow when it engaged
+    ret_above_since: float | None = None
+    ret_below_since: float | None = None
+    ret_since: float | None = None
+    # --- timed override ---------------------------------------------------------------
+    override: Override | None = None
+
+    @staticmethod
+    def initial() -> LimiterState:
+        return LimiterState()
+
+
+def _ok(k: str, x: Any) -> bool:
+    """A field of a saved state: a finite number, a flag, None, the override's id."""
+    if isinstance(x, dict):
+        return all(_ok(kk, v) for kk, v in x.items())
+    if isinstance(x, tuple | list):
+        return all(_ok(k, v) for v in x)
+    if k == "id":
+        return isinstance(x, str)
+    if isinstance(x, float):
+        return math.isfinite(x)
+    return x is None or isinstance(x, int)
+
+
+def to_json(s: LimiterState) -> str:
+    d = asdict(s)
+    d["v"] = STATE_VERSION
+    return json.dumps(d, separators=(",", ":"), sort_keys=True)
+
+
+def _build(cls: Any, d: Any) -> Any:
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__}: not an object")
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def from_json(text: str | None) -> LimiterState | None:
+    """The state saved by ``to_json``; None when absent, unreadable or of another
+    version."""
+    if not text:
+        return None
+    try:
+        d = json.loads(text)
+        if not isinstance(d, dict) or d.get("v") != STATE_VERSION:
+            return None
+        d.pop("v")
+        d["vol"] = _build(Track, d.get("vol", {}))
+        d["energy"] = _build(Track, d.get("energy", {}))
+        if d.get("override") is not None:
+            d["override"] = _build(Override, d["override"])
+        if d.get("last_meas") is not None:
+            a, b = d["last_meas"]
+            d["last_meas"] = (float(a), float(b))
+        s: LimiterState = _build(LimiterState, d)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not all(_ok(k, v) for k, v in asdict(s).items()):
+        return None
+    return s
