@@ -23,8 +23,10 @@ Model (per instant):
   more: delivered power ``P = P_demand * x ** 0.4`` (``throttle_exponent``), i.e. cooling
   ``dT = dT_nominal * x ** -0.6``, never below the secondary return (``secondary_min_c``);
   so the return temperature falls but the delivered heat stays below the demand;
-* meter integrals: ``volume += Q dt / 3600``, ``energy += Q rho c dT / 3600 dt / 3600``
-  (kWh), rolling over like the profile's counters; one reset in ``faults``;
+* meter integrals: ``volume += Q dt / 3600``, ``energy += Q k dT / 3600 dt / 3600``
+  (kWh), rolling over like the profile's counters; one reset in ``faults``; what the
+  meter shows and counts passes through ``simulator.meter_faults.MeterModel`` (meter
+  faults of the scenario, else transparent);
 * actuator watchdog: a limit not re-written for more than ``watchdog_s`` is released
   to 100 %.
 """
@@ -34,7 +36,10 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from typing import Any
 
+from agent.plausibility_water import heat_coefficient
+from simulator.meter_faults import MeterModel
 from simulator.scenarios import ScenarioParams, get_scenario
 
 RHO_KG_M3 = 975.0
@@ -107,6 +112,7 @@ class Plant:
         self.limit_active = False
         self._limit_written_at: float | None = None
         self._reset_done = False
+        self.meter = MeterModel(p.meter_fault, p.meter_fault_after_s, p.meter_drift, self.t0)
         # faults injected by the plant itself (the server adds request-level ones)
         self.faults: Counter[str] = Counter()
         self.events: list[tuple[float, str]] = []
@@ -166,8 +172,9 @@ class Plant:
         p = self.params
         dv = self.flow_m3h * h / 3600.0
         de = self.power_kw * h / 3600.0
-        self.volume_m3 = (self.volume_m3 + dv) % p.volume_rollover_m3
-        self.energy_kwh = (self.energy_kwh + de) % p.energy_rollover_kwh
+        mv, me = self.meter.increments(dv, de, h)
+        self.volume_m3 = (self.volume_m3 + mv) % p.volume_rollover_m3
+        self.energy_kwh = (self.energy_kwh + me) % p.energy_rollover_kwh
         self.delivered_volume_m3 += dv
         self.delivered_energy_kwh += de
 
@@ -254,7 +261,8 @@ class Plant:
         demand_kw = p.ua_kw_k * max(0.0, p.indoor_c - out) + self.dhw_kw
         self.demand_kw = demand_kw
         dt_nom = max(supply - p.return_nominal_c, 2.0)
-        qd = min(demand_kw * 3600.0 / (RHO_C * dt_nom), p.demand_flow_max_m3h)
+        k_nom = heat_coefficient(supply, supply - dt_nom)
+        qd = min(demand_kw * 3600.0 / (k_nom * dt_nom), p.demand_flow_max_m3h)
         cap = p.kvs_m3h * math.sqrt(dp_net / 100.0)
         q = max(0.0, min(qd, cap * self.valve_limit_pct / 100.0))
         max_cooling = max(0.0, supply - p.secondary_min_c)
@@ -269,13 +277,14 @@ class Plant:
         self.demand_flow_m3h = qd
         self.capacity_m3h = cap
         self.flow_m3h = q
-        self.power_kw = q * RHO_C * cooling / 3600.0
+        self.power_kw = q * heat_coefficient(supply, self.return_c) * cooling / 3600.0
         self.dp_kpa = max(0.0, dp_net - p.dp_site_loss_kpa_per_m3h2 * q * q)
         self.position_pct = _clamp(100.0 * q / cap, 0.0, 100.0) if cap > 0 else 0.0
+        self.meter.update(t, q, self.power_kw, supply, self.return_c)
 
     # --- output ------------------------------------------------------------------------
 
-    def truth(self) -> dict[str, float]:
+    def truth(self) -> dict[str, Any]:
         """The truth-line fields at ``self.t`` (exact values, before register resolution)."""
         return {
             "t": self.t,
@@ -295,4 +304,5 @@ class Plant:
             "watchdog_s": self.watchdog_s,
             "delivered_energy_kwh": self.delivered_energy_kwh,
             "delivered_volume_m3": self.delivered_volume_m3,
+            **self.meter.truth(),
         }

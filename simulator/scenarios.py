@@ -16,6 +16,11 @@ Scenarios:
                  ``outage_after_s`` for ``outage_duration_s``, then recovers.
 ``low-dp``       ``steady`` physics with the network pressure difference well below the
                  60 kPa of the general terms (about 35-50 kPa).
+``meter-drift``, ``swapped-sensors``, ``stuck-flow``, ``open-sensor``
+                 ``steady`` physics with one heat-meter fault (``simulator.meter_faults``):
+                 the calculator counting 6 % too much heat from the start, or, one hour
+                 in, swapped temperature sensors, a frozen flow sensor, an open supply
+                 sensor.
 """
 
 from __future__ import annotations
@@ -73,6 +78,11 @@ class ScenarioParams:
     p_bad_crc: float = 0.0  # RTU only; on TCP that share of requests is answered normally
     p_exception: float = 0.0
     p_absurd: float = 0.0
+    # --- heat-meter faults (simulator.meter_faults): drift | swapped | stuck-flow |
+    #     open-sensor, from meter_fault_after_s on; meter_drift is the drift's fraction
+    meter_fault: str | None = None
+    meter_fault_after_s: float = 3600.0
+    meter_drift: float = 0.06
 
 
 _STEADY = ScenarioParams(name="steady")
@@ -101,6 +111,12 @@ SCENARIOS: dict[str, ScenarioParams] = {
     ),
     "outage": replace(_STEADY, name="outage", outage_after_s=20.0, outage_duration_s=30.0),
     "low-dp": replace(_STEADY, name="low-dp", dp_nominal_kpa=60.0, dp_load_drop_kpa=40.0),
+    "meter-drift": replace(
+        _STEADY, name="meter-drift", meter_fault="drift", meter_fault_after_s=0.0
+    ),
+    "swapped-sensors": replace(_STEADY, name="swapped-sensors", meter_fault="swapped"),
+    "stuck-flow": replace(_STEADY, name="stuck-flow", meter_fault="stuck-flow"),
+    "open-sensor": replace(_STEADY, name="open-sensor", meter_fault="open-sensor"),
 }
 
 

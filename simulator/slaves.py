@@ -94,20 +94,21 @@ class SlaveBank:
         """Scaled register values of ``unit`` now; ``absurd`` picks a corrupted variant."""
         pl = self.plant
         if unit == UNIT_HEAT_METER:
+            m = pl.meter  # what the meter shows (meter faults: simulator.meter_faults)
             v = {
                 "device_type": 0x4801,
-                "status": 0.0,
+                "status": m.status,
                 "serial": float(self.serial),
                 "operating_hours": float(self._op_hours0 + int((pl.t - pl.t0) // 3600)),
                 "energy_kwh": pl.energy_kwh,
                 "energy_unit": 0.0,
                 "volume_m3": pl.volume_m3,
                 "volume_unit": 1.0,
-                "power_kw": pl.power_kw,
-                "flow_m3h": pl.flow_m3h,
-                "supply_c": pl.supply_c,
-                "return_c": pl.return_c,
-                "delta_t_c": pl.supply_c - pl.return_c,
+                "power_kw": m.power_kw,
+                "flow_m3h": m.flow_m3h,
+                "supply_c": m.supply_c,
+                "return_c": m.return_c,
+                "delta_t_c": m.delta_t_c,
             }
             if absurd == 0:  # open supply sensor
                 v.update(supply_c=185.0, delta_t_c=0.0, power_kw=0.0, status=1.0)
