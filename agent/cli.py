@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="short summary from the local store")
     s.add_argument("--config", required=True, type=Path)
 
+    s = sub.add_parser("serve", help="the technician's read-only web page")
+    s.add_argument("--config", required=True, type=Path)
+    s.add_argument("--listen", default=None, help="HOST:PORT (default: [web] listen)")
+    s.add_argument("--idle-exit-s", type=float, default=None, help="exit after this idle time")
+
     s = sub.add_parser("demo", help="simulator + agent + broker + live view on this machine")
     s.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     s.add_argument("--seconds", type=float, default=None, help="stop after this long")
@@ -184,6 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.operator import sign_cli
 
         return sign_cli(args, sys.stdout)
+
+    if args.cmd == "serve":
+        from agent.web.serve import run_serve
+
+        cfg = _load_config(args.config)
+        if args.log_level is None:
+            setup_logging(cfg.log_level)
+        return run_serve(cfg, args.listen, args.idle_exit_s)
 
     if args.cmd == "demo":
         from agent.demo import run_demo

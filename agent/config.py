@@ -29,6 +29,7 @@ from drivers.profile import ProfileError, available_profiles, load_profile
 
 SITE_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 DEVICE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+USER_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]{1,64}$")  # [web] user: no colon (basic auth)
 ROLES = ("heat_meter", "dp_sensor", "actuator")
 
 
@@ -99,6 +100,28 @@ class LimiterCfg:
     watchdog_s: int = 60
 
 
+DEFAULT_LIVE_PATH = Path("/run/dh-agent/live.json")
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCfg:
+    """The live snapshot file (docs/live-snapshot.md)."""
+
+    path: Path = DEFAULT_LIVE_PATH
+    every_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebCfg:
+    """The technician's page, ``dh-agent serve`` (docs/web.md)."""
+
+    listen: str = "127.0.0.1:8080"
+    password_file: Path | None = None
+    user: str = "technician"
+    idle_exit_s: float = 600.0
+    refresh_s: int = 10
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceCfg:
     name: str
@@ -128,6 +151,8 @@ class Config:
     limiter: LimiterCfg
     devices: tuple[DeviceCfg, ...]
     log_level: str = "info"
+    live: LiveCfg = field(default_factory=LiveCfg)
+    web: WebCfg = field(default_factory=WebCfg)
     base: Path = field(default=Path("."))
     doc: Mapping[str, Any] = field(default_factory=dict)  # the validated source document
 
@@ -228,6 +253,14 @@ def _paths(v: Any) -> tuple[Any, str | None]:
     return v, None
 
 
+def _listen(v: Any) -> tuple[Any, str | None]:
+    pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253}):(\d{1,5})$"
+    m = re.match(pattern, v) if isinstance(v, str) else None
+    if m is None or not 1 <= int(m.group(2)) <= 65535:
+        return None, "must be HOST:PORT (e.g. 127.0.0.1:8080)"
+    return v, None
+
+
 def _port(v: Any) -> tuple[Any, str | None]:
     if isinstance(v, bool):
         return None, "must be a TCP port number or a serial device path"
@@ -289,6 +322,17 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
     },
     "log": {
         "level": (_choice("debug", "info", "warning", "error"), False),
+    },
+    "live": {
+        "path": (_path, False),
+        "every_s": (_num(1, 60), False),
+    },
+    "web": {
+        "listen": (_listen, False),
+        "password_file": (_path, False),
+        "user": (_str(USER_RE, "1-64 printable, no colon"), False),
+        "idle_exit_s": (_num(0, 86400), False),
+        "refresh_s": (_int(2, 3600), False),
     },
 }
 
@@ -455,6 +499,11 @@ def validate(
         limiter=LimiterCfg(**lim),
         devices=tuple(devices),
         log_level=t["log"].get("level", "info"),
+        live=LiveCfg(
+            path=rel(t["live"].get("path")) or DEFAULT_LIVE_PATH,
+            every_s=t["live"].get("every_s", 5.0),
+        ),
+        web=WebCfg(**{**t["web"], "password_file": rel(t["web"].get("password_file"))}),
         base=base,
         doc=copy.deepcopy(dict(doc)),
     )

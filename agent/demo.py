@@ -104,6 +104,7 @@ def write_config(work: Path, sim_addr: tuple[str, int], mqtt_port: int, period_s
         "telemetry_s = 2\n\n"
         '[keys]\nagent_key = "agent.key"\noperator_pubkeys = ["operator.pub"]\n\n'
         '[storage]\npath = "agent.db"\nflush_s = 5\n\n'
+        '[live]\npath = "live.json"\nevery_s = 2\n\n'
         "[contract]\nflow_limit_m3h = 2.5\nenforce = true\n\n"
         "[delivery]\ndebounce_s = 3\n" + devices_toml(host, port, ("hm1", "dp1", "valve"))
     )

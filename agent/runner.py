@@ -17,6 +17,7 @@ import ctypes
 import functools
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agent import advice
+from agent import advice, snapshot
 from agent import aggregator as agg
 from agent.clock import SyncClock
 from agent.commands import RemoteHandler
@@ -151,6 +152,8 @@ class Agent:
         self.stopping = asyncio.Event()
         self.topic = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}"
         self.remote = RemoteHandler(self, config_version)
+        self.last_records: dict[str, dict[str, Any]] = {}
+        self.live_now = asyncio.Event()  # a period closed: write the snapshot now
 
     # --- helpers ------------------------------------------------------------------
 
@@ -395,6 +398,8 @@ class Agent:
         ch.state = new_state
         b = new_state.boundary
         ch.pending = [s for s in ch.pending if b is None or s.ts > b]
+        self.last_records[ch.params.device] = records[-1]
+        self.live_now.set()
         for rec in records:
             for ev in self.monitors.on_record(rec):
                 await self.emit_event(ev)
@@ -483,23 +488,63 @@ class Agent:
             if lost:
                 await self.emit_event({"kind": "data_pruned", "lost": lost})
 
+    def snapshot(self, backlog: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """The live snapshot (agent/snapshot.py) from the pipeline's state."""
+        cfg, c, up = self.cfg, self.cfg.contract, self.uplink
+        conds = self.monitors._conds
+        return snapshot.build_snapshot(
+            site=cfg.site.id,
+            wall=self.clock.wall(),
+            mono=self.clock.mono(),
+            clock_synced=self.clock.synced(),
+            boot=self.boot,
+            pid=os.getpid(),
+            config_version=self.remote.version,
+            period_s=cfg.site.period_s,
+            contract={"flow_limit_m3h": c.flow_limit_m3h, "power_limit_kw": c.power_limit_kw,
+                      "enforce": c.enforce},
+            delivery={k: getattr(cfg.delivery, k) for k in cfg.delivery.__slots__},
+            devices=[
+                snapshot.DeviceView(
+                    name=name, role=ch.params.role, transport=ch.device.spec.transport,
+                    profile=ch.device.spec.profile.name, health=str(ch.device.health),
+                    last=ch.last, counters=ch.device.counters,
+                    identity=snapshot.identity_of(ch.device),
+                )
+                for name, ch in self.channels.items()
+            ],
+            limiter=snapshot.limiter_view(
+                self.lparams, self.lstate, self.meter is not None
+                and (c.flow_limit_m3h is not None or c.power_limit_kw is not None),
+                self.limiting,
+            ),
+            alarms=[(d, k, conds[(d, k)].start) for d, k in self.monitors.active()],
+            uplink=None if up is None else {"connected": up.connected, "backlog": backlog,
+                                            "last_publish": up.last_publish},
+            last_records=self.last_records,
+        )  # fmt: skip
+
+    async def live_loop(self) -> None:
+        """Write the live snapshot every ``live.every_s`` and after each closed period."""
+        assert self.store is not None
+        path, store = self.cfg.live.path, self.store
+        while not self.stopping.is_set():
+            try:
+                backlog = await self.call(store.backlog)
+                data = snapshot.dumps(self.snapshot({"interval": 0, "event": 0, **backlog}))
+                await self.call(snapshot.write_atomic, path, data)
+            except Exception as e:  # the page is a convenience: never stop the agent
+                ok, n = self.errlog.allow("live", self.clock.mono())
+                if ok:
+                    log.warning("live snapshot %s not written: %s (%d suppressed)", path, e, n)
+            self.live_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.live_now.wait(), self.cfg.live.every_s)
+
     async def telemetry_loop(self) -> None:
         assert self.uplink is not None
         while await self.pause(self.cfg.mqtt.telemetry_s):
-            body = {
-                "devices": {
-                    name: {
-                        "ok": ch.last.ok,
-                        "health": str(ch.device.health),
-                        "ts": ch.last.ts,
-                        "clock_synced": ch.last.synced,
-                        "values": {k: v.to_json() for k, v in ch.last.values.items()},
-                    }
-                    for name, ch in self.channels.items()
-                    if ch.last is not None
-                },
-                "limiting": self.limiting,
-            }
+            body = snapshot.telemetry_body(self.snapshot())
             await self.uplink.publish_live("telemetry", "telemetry", body)
 
     async def watchdog_loop(self) -> None:
@@ -527,6 +572,7 @@ class Agent:
                     tg.create_task(self.flush_loop(), name="flush"),
                     tg.create_task(self.maintenance_loop(), name="maintenance"),
                     tg.create_task(self.telemetry_loop(), name="telemetry"),
+                    tg.create_task(self.live_loop(), name="live"),
                     tg.create_task(self.watchdog_loop(), name="watchdog"),
                     tg.create_task(self.announce_loop(), name="announce"),
                 ]
@@ -558,6 +604,8 @@ class Agent:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.flush_samples()
+        with contextlib.suppress(OSError):  # stopped: readers see "agent not running"
+            self.cfg.live.path.unlink()
         if self.uplink is not None:
             try:
                 await asyncio.wait_for(self.uplink.shutdown(), 10)

@@ -119,6 +119,7 @@ class Rig:
             f'[mqtt]\nurl = "mqtt://127.0.0.1:{self.broker.port}"\n\n'
             '[keys]\nagent_key = "agent.key"\noperator_pubkeys = ["operator.pub"]\n\n'
             f'[storage]\npath = "agent.db"\n{flush}\n'
+            '[live]\npath = "live.json"\n\n'
             "[contract]\nflow_limit_m3h = 2.5\nenforce = true\n"
             + devices_toml(host, int(port), ("hm1", "dp1", "valve"), self.poll_s)
         )

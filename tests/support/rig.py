@@ -93,6 +93,7 @@ def write_config(
         f'[mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "dh/v1"\ntelemetry_s = 2\n\n'
         '[keys]\nagent_key = "agent.key"\noperator_pubkeys = ["operator.pub"]\n\n'
         '[storage]\npath = "agent.db"\nflush_s = 2\n\n'
+        '[live]\npath = "live.json"\nevery_s = 1\n\n'
         f"[contract]\n{contract}\n{extra}" + devices_toml("127.0.0.1", sim_port, poll_s=poll_s)
     )
     return cfg

@@ -1,0 +1,1 @@
+"""The technician's read-only web page (`dh-agent serve`); see docs/web.md."""

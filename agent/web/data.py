@@ -1,0 +1,142 @@
+"""The page's read-only view of the agent's store (SQLite, opened ``mode=ro``).
+
+Never migrates, never writes: the connection is opened through a ``file:...?mode=ro`` URI
+and ``PRAGMA query_only`` is set on top. The schema is the agent's (agent/store.py);
+messages are decoded here without importing the store module (its sqlite-utils import
+would cost the page server memory at rest): a stored message is either the compact JWS
+(codec 0) or the raw-deflated envelope with the store's preset dictionary (codec 1).
+
+All methods run on one thread (the server's ``db`` executor); none is called from the
+event loop. A missing or unreadable database gives empty results, never an exception
+through to a page.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import zlib
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+CODEC_VERBATIM = 0
+CODEC_DEFLATE_DICT1 = 1
+
+
+def _ts(s: Any) -> float | None:
+    if isinstance(s, int | float):
+        return float(s)
+    if not isinstance(s, str):
+        return None
+    try:
+        return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def decode_envelope(codec: int, payload: bytes, zdict: bytes) -> dict[str, Any] | None:
+    """The signed envelope of a stored message, or None when it cannot be decoded."""
+    try:
+        if codec == CODEC_VERBATIM:
+            seg = payload.decode("ascii").split(".")[1]
+            raw = base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4))
+        elif codec == CODEC_DEFLATE_DICT1:
+            d = zlib.decompressobj(-15, zdict)
+            raw = d.decompress(payload) + d.flush()
+        else:
+            return None
+        env = json.loads(raw)
+    except (ValueError, IndexError, zlib.error, UnicodeDecodeError):
+        return None
+    return env if isinstance(env, dict) else None
+
+
+class StoreReader:
+    """Read-only queries for the pages. Reconnects when the database appears later."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+        self.zdict = b""
+
+    def _open(self) -> sqlite3.Connection | None:
+        if self.conn is not None:
+            return self.conn
+        if not self.path.exists():
+            return None
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            c = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
+            c.execute("PRAGMA query_only=ON")
+            c.execute("PRAGMA cache_size=-1000")  # 1 MB: memory at rest on a small box
+            row = c.execute("SELECT dict FROM zdicts WHERE id = 1").fetchone()
+        except sqlite3.Error:
+            return None
+        self.zdict = bytes(row[0]) if row else b""
+        self.conn = c
+        return c
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        c = self._open()
+        if c is None:
+            return []
+        try:
+            return list(c.execute(sql, args))
+        except sqlite3.Error:
+            self.close()  # e.g. the file was replaced: reopen on the next call
+            return []
+
+    def meta(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self._rows("SELECT key, value FROM meta")}
+
+    def backlog(self) -> dict[str, int]:
+        sql = "SELECT stream, count(*) FROM messages WHERE sent = 0 GROUP BY stream"
+        return {str(s): int(n) for s, n in self._rows(sql)}
+
+    def intervals(self, device: str, start: float, end: float) -> list[dict[str, Any]]:
+        """Record bodies of one device with period start in [start, end), by start."""
+        sql = (
+            "SELECT m.codec, m.payload FROM intervals i JOIN messages m ON m.id = i.msg"
+            " WHERE i.device = ? AND i.start >= ? AND i.start < ? ORDER BY i.start"
+        )
+        out = []
+        for codec, payload in self._rows(sql, (device, int(start), int(end) + 1)):
+            env = decode_envelope(int(codec), bytes(payload), self.zdict)
+            body = env.get("body") if env else None
+            t = _ts(body.get("start")) if isinstance(body, dict) else None
+            if isinstance(body, dict) and t is not None and start <= t < end:
+                out.append(body)
+        return out
+
+    def iter_intervals(self, device: str, start: float, end: float) -> Iterator[dict[str, Any]]:
+        """Like ``intervals`` but a month at a time (a year never sits in memory)."""
+        step = 31 * 86400.0
+        t = start
+        while t < end:
+            yield from self.intervals(device, t, min(end, t + step))
+            t += step
+
+    def events(self, since: float, limit: int = 500) -> list[dict[str, Any]]:
+        """Event bodies whose time is at or after ``since``, newest first (at most
+        ``limit``; read backwards by seq, so old history is never scanned)."""
+        sql = "SELECT codec, payload FROM messages WHERE stream = 'event' ORDER BY seq DESC LIMIT ?"
+        out = []
+        for codec, payload in self._rows(sql, (limit,)):
+            env = decode_envelope(int(codec), bytes(payload), self.zdict)
+            body = env.get("body") if env else None
+            if not isinstance(body, dict):
+                continue
+            t = _ts(body.get("time"))
+            if t is not None and t < since:
+                break
+            out.append(body)
+        return out
