@@ -38,6 +38,7 @@ from agent.limiter import step as limiter_step
 from agent.logs import RateLimiter
 from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
+from agent.plausibility import Plausibility
 from agent.poll import device_spec
 from agent.remote import apply_overlay
 from agent.stamping import ReadingStamper
@@ -141,6 +142,7 @@ class Agent:
         self.boot = 0
         self.stamper = ReadingStamper()
         self.monitors = Monitors(monitor_params(cfg))
+        self.plausibility = Plausibility(cfg.plausibility)
         self.lparams = limiter_params(cfg)
         self.lstate = LimiterState.initial()
         self.meter: Channel | None = None  # the heat meter the limiter follows (the first)
@@ -266,6 +268,7 @@ class Agent:
         self.cfg = cfg
         self.lparams = self.limiter_params(cfg)
         self.monitors.params = monitor_params(cfg)
+        self.plausibility.params = cfg.plausibility
         if was_enforcing and not self.lparams.enforce:
             # enforcement switched off while limiting: release now, not at the watchdog
             self.limiting = False
@@ -332,6 +335,11 @@ class Agent:
         values = {k: (v.value if v.good else None) for k, v in r.values.items()}
         for ev in self.monitors.observe(name, role, r.ts, values, r.ok):
             await self.emit_event(ev)
+        if role == "heat_meter" and r.ok:  # plausibility sees raw values (faults are evidence)
+            raw = {k: v.value for k, v in r.values.items()}
+            bad = [k for k, v in r.values.items() if not v.good]
+            for ev in self.plausibility.observe(name, r.ts, raw, bad, ch.params.rollover):
+                await self.emit_event(ev)
         if ch is self.meter and (
             self.lparams.flow_limit_m3h is not None or self.lparams.power_limit_kw is not None
         ):

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="per-kind fault probability per read request (faults scenario default 0.03)",
     )
+    ap.add_argument(
+        "--meter-fault-after-s", type=float, help="meter-fault scenarios: onset (s after start)"
+    )
+    ap.add_argument("--meter-drift", type=float, help="meter-drift: the fraction (default 0.06)")
     ap.add_argument("--step-s", type=float, default=0.1, help="plant update period (s)")
     return ap
 
@@ -82,6 +86,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o.update(p_timeout=r, p_bad_crc=r, p_exception=r, p_absurd=r)
     if args.watchdog_s is not None:
         o["watchdog_s"] = args.watchdog_s
+    if args.meter_fault_after_s is not None:
+        o["meter_fault_after_s"] = args.meter_fault_after_s
+    if args.meter_drift is not None:
+        o["meter_drift"] = args.meter_drift
     return o
 
 
