@@ -125,7 +125,7 @@ class WebCfg:
 
 @dataclass(frozen=True, slots=True)
 class CustomerCfg:
-    """The customer's read-only Modbus TCP server, ``dh-agent customer`` (docs/customer-modbus.md)."""
+    """The customer's read-only Modbus TCP server (docs/customer-modbus.md)."""
 
     enabled: bool = False
     listen: str = "127.0.0.1:502"
