@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", default=None, help="HOST:PORT (default: [web] listen)")
     s.add_argument("--idle-exit-s", type=float, default=None, help="exit after this idle time")
 
+    s = sub.add_parser("customer", help="the customer's read-only Modbus TCP server (own process)")
+    s.add_argument("--config", required=True, type=Path)
+    s.add_argument("--listen", default=None, help="HOST:PORT (default: customer.listen)")
+
     s = sub.add_parser("demo", help="simulator + agent + broker + live view on this machine")
     s.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     s.add_argument("--seconds", type=float, default=None, help="stop after this long")
@@ -197,6 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_level is None:
             setup_logging(cfg.log_level)
         return run_serve(cfg, args.listen, args.idle_exit_s)
+
+    if args.cmd == "customer":
+        from agent.customer import run_customer
+
+        cfg = _load_config(args.config)
+        if args.log_level is None:
+            setup_logging(cfg.log_level)
+        return run_customer(cfg, args.listen)
 
     if args.cmd == "demo":
         from agent.demo import run_demo
