@@ -9,6 +9,7 @@ polling, records and limiter as they were without the flood, in the same run.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -175,15 +176,17 @@ def _flood(port: int, stop_at: float, counts: list[int]) -> None:
         counts[1] += 1
 
 
-def _figures(rig: Rig, t0: float, t1: float, snap0: dict[str, Any], snap1: dict[str, Any]):  # type: ignore[no-untyped-def]
-    polls = {
-        n: snap1["devices"][n]["counters"].get("polls", 0) - snap0["devices"][n]["counters"].get("polls", 0)
-        for n in snap1["devices"]
-    }  # fmt: skip
+def _counter(snap: dict[str, Any], dev: str, name: str) -> int:
+    return int(snap["devices"][dev]["counters"].get(name, 0))
+
+
+def _figures(
+    rig: Rig, snap0: dict[str, Any], snap1: dict[str, Any]
+) -> tuple[dict[str, int], dict[str, int], list[dict[str, Any]]]:
+    devs = list(snap1["devices"])
+    polls = {n: _counter(snap1, n, "polls") - _counter(snap0, n, "polls") for n in devs}
     failed = {
-        n: snap1["devices"][n]["counters"].get("polls_failed", 0)
-        - snap0["devices"][n]["counters"].get("polls_failed", 0)
-        for n in snap1["devices"]
+        n: _counter(snap1, n, "polls_failed") - _counter(snap0, n, "polls_failed") for n in devs
     }
     recs = [r for r in rig.records() if r["device"] == "hm1"]
     return polls, failed, recs
@@ -197,14 +200,16 @@ def test_200_connections_and_a_flood_leave_the_agent_untouched(rig: Rig) -> None
         threads = []
         if flood:
             end = time.monotonic() + seconds
-            threads = [threading.Thread(target=_flood, args=(rig.port, end, counts)) for _ in range(200)]
+            threads = [
+                threading.Thread(target=_flood, args=(rig.port, end, counts)) for _ in range(200)
+            ]
             for t in threads:
                 t.start()
         time.sleep(seconds)
         for t in threads:
             t.join(30)
         snap1 = rig.snapshot()
-        polls, failed, recs = _figures(rig, 0, 0, snap0, snap1)
+        polls, failed, recs = _figures(rig, snap0, snap1)
         if flood:
             assert counts[0] > 0  # the flood was answered (within the rate)
         return polls, failed, len(recs) - n0
@@ -217,7 +222,7 @@ def test_200_connections_and_a_flood_leave_the_agent_untouched(rig: Rig) -> None
     assert flooded[2] == pytest.approx(quiet[2], abs=1)
     # records stay conserved and complete through the flood
     recs = [r for r in rig.records() if r["device"] == "hm1"]
-    for a, b in zip(recs, recs[1:], strict=False):
+    for a, b in itertools.pairwise(recs):
         assert b["energy_start_kwh"] == a["energy_end_kwh"]
     assert all(r["samples"] >= 3 for r in recs[2:])
     snap = rig.snapshot()
