@@ -15,7 +15,7 @@ snapshot) plus `dh-agent customer`. Figures:
 
 Last line JSON: ``{"bms_req_s": .., "agent_cpu_ratio": .., ...}``.
 
-    python -m bench.customer [--window 30] [--rounds 2]
+    python -m bench.customer [--window 60] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def throughput(port: int, seconds: float = 5.0, clients: int = 8) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--window", type=float, default=30.0)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--window", type=float, default=60.0)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     with Rig(period_s=60) as rig:
         port = free_port()

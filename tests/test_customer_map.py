@@ -119,8 +119,8 @@ port = 5020
 def test_config_tables() -> None:
     cfg = parse_text(BASE, Path("/tmp"))
     assert cfg.customer.enabled is False and cfg.plausibility.drift_pct == 5.0
-    cfg = parse_text(BASE + '[customer]\nenabled = true\nlisten = "192.168.10.5:502"\n'
-                     "[plausibility]\ndrift_pct = 3\nflow_sensor = \"supply\"\n", Path("/tmp"))  # fmt: skip
+    text = BASE + '[customer]\nenabled = true\nlisten = "192.168.10.5:502"\n'
+    cfg = parse_text(text + '[plausibility]\ndrift_pct = 3\nflow_sensor = "supply"\n', Path("/tmp"))
     assert cfg.customer.listen == "192.168.10.5:502" and cfg.plausibility.drift_pct == 3.0
     assert cfg.plausibility.flow_sensor == "supply"
     with pytest.raises(ConfigError) as e:
