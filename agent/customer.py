@@ -146,6 +146,9 @@ def run_customer(cfg: Config, listen: str | None = None) -> int:
     if not cfg.customer.enabled and listen is None:
         log.warning("customer interface disabled ([customer] enabled = false): not serving")
         print("customer interface disabled in the config ([customer] enabled = false)")
+        from agent.notify import Notifier
+
+        Notifier().ready()  # under systemd (Type=notify): a clean start that ends at once
         return 0
     try:
         asyncio.run(serve(cfg, listen))

@@ -189,3 +189,15 @@ def test_server_bounds(tmp_path: Path) -> None:
             await srv.close()
 
     asyncio.run(main())
+
+
+def test_cli_disabled_exits_0_and_says_so(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(BASE)
+    exe = Path(sys.executable).parent / "dh-agent"
+    p = subprocess.run([str(exe), "customer", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 0 and "disabled" in p.stdout
