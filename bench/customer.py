@@ -15,7 +15,7 @@ snapshot) plus `dh-agent customer`. Figures:
 
 Last line JSON: ``{"bms_req_s": .., "agent_cpu_ratio": .., ...}``.
 
-    python -m bench.customer [--window 60] [--rounds 3]
+    python -m bench.customer [--window 60] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def throughput(port: int, seconds: float = 5.0, clients: int = 8) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--window", type=float, default=60.0)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
     with Rig(period_s=60) as rig:
         port = free_port()
@@ -104,19 +104,22 @@ def main() -> int:
             quiet: list[float] = []
             busy: list[float] = []
             cust_busy = 0.0
-            for _ in range(args.rounds):
-                c0 = proc_cpu_s(agent.pid)
-                time.sleep(args.window)
-                quiet.append(proc_cpu_s(agent.pid) - c0)
-                stop = threading.Event()
-                th = threading.Thread(target=bms, args=(port, stop))
-                c0, k0 = proc_cpu_s(agent.pid), proc_cpu_s(cust.pid)
-                th.start()
-                time.sleep(args.window)
-                stop.set()
-                th.join(10)
-                busy.append(proc_cpu_s(agent.pid) - c0)
-                cust_busy += proc_cpu_s(cust.pid) - k0
+            for rnd in range(args.rounds):
+                # ABBA order: a slow drift of the machine's load falls on both equally
+                for busy_now in (False, True) if rnd % 2 == 0 else (True, False):
+                    stop = threading.Event()
+                    th = threading.Thread(target=bms, args=(port, stop))
+                    c0, k0 = proc_cpu_s(agent.pid), proc_cpu_s(cust.pid)
+                    if busy_now:
+                        th.start()
+                    time.sleep(args.window)
+                    stop.set()
+                    if busy_now:
+                        th.join(10)
+                        busy.append(proc_cpu_s(agent.pid) - c0)
+                        cust_busy += proc_cpu_s(cust.pid) - k0
+                    else:
+                        quiet.append(proc_cpu_s(agent.pid) - c0)
         finally:
             cust.terminate()
             cust.wait(10)
