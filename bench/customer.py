@@ -8,7 +8,7 @@ snapshot) plus `dh-agent customer`. Figures:
   ``max_requests_s`` lifted to 10000 for this figure; the shipped default is 50);
 * ``agent_cpu_h_s`` without / with a BMS polling every second (4 reads a second: header,
   heat meter, limiter, last record), the agent's CPU seconds per hour, in alternating
-  windows of ``--window`` s so both see the same machine load;
+  windows of ``--window`` s (ABBA order) so both see the same machine load;
 * ``agent_cpu_ratio``: with / without (target <= 1.05): the agent does not notice the BMS,
   it only writes its snapshot as always;
 * ``customer_cpu_h_s``: the customer process's own CPU per hour while the BMS polls.
