@@ -103,6 +103,13 @@ def rig(tmp_path: Path, mosquitto: Mosquitto):  # type: ignore[no-untyped-def]
         try:
             assert wait_until(lambda: (tmp_path / "live.json").exists(), 60)
             assert wait_until(lambda: values(mbpoll(r.port, 0, 2, "3")).get(1) == 0.0, 60)
+
+            def settled() -> bool:  # the heat meter and dp sensor read well at least once
+                head = values(mbpoll(r.port, 0, 10, "3"))
+                hm = values(mbpoll(r.port, 100, 28, "3"))
+                return head.get(6) == head.get(7) == 0 and hm.get(102) == hm.get(118) == 0
+
+            assert wait_until(settled, 60, every=1.0)
             yield r
         finally:
             r.close()
@@ -194,7 +201,7 @@ def _figures(
 
 @pytest.mark.slow
 def test_200_connections_and_a_flood_leave_the_agent_untouched(rig: Rig) -> None:
-    def phase(flood: bool, seconds: float = 20.0) -> tuple[dict[str, int], dict[str, int], int]:
+    def phase(flood: bool, seconds: float = 30.0) -> tuple[dict[str, int], dict[str, int], int]:
         snap0, n0 = rig.snapshot(), len([r for r in rig.records() if r["device"] == "hm1"])
         counts = [0, 0]
         threads = []
@@ -211,7 +218,7 @@ def test_200_connections_and_a_flood_leave_the_agent_untouched(rig: Rig) -> None
         snap1 = rig.snapshot()
         polls, failed, recs = _figures(rig, snap0, snap1)
         if flood:
-            assert counts[0] > 0  # the flood was answered (within the rate)
+            assert counts[0] > 0, counts  # the flood was answered (within the rate)
         return polls, failed, len(recs) - n0
 
     quiet = phase(False)
@@ -219,13 +226,13 @@ def test_200_connections_and_a_flood_leave_the_agent_untouched(rig: Rig) -> None
     for name, n in quiet[0].items():
         assert flooded[0][name] == pytest.approx(n, rel=0.25), (quiet, flooded)
         assert flooded[1][name] == quiet[1][name] == 0
-    assert flooded[2] == pytest.approx(quiet[2], abs=1)
+    assert flooded[2] == pytest.approx(quiet[2], abs=1), (quiet, flooded)
     # records stay conserved and complete through the flood
     recs = [r for r in rig.records() if r["device"] == "hm1"]
     for a, b in itertools.pairwise(recs):
-        assert b["energy_start_kwh"] == a["energy_end_kwh"]
-    assert all(r["samples"] >= 3 for r in recs[2:])
+        assert b["energy_start_kwh"] == a["energy_end_kwh"], (a, b)
+    assert all(r["samples"] >= 3 for r in recs[2:]), [r["samples"] for r in recs]
     snap = rig.snapshot()
-    assert snap["limiter"]["active"] and not snap["limiter"]["failsafe"]
+    assert snap["limiter"]["active"] and not snap["limiter"]["failsafe"], snap["limiter"]
     # and the interface still answers
     assert values(mbpoll(rig.port, 0, 2, "3")).get(0) == 1
