@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="reply timeout (default: 330 bit times + 50 ms)",
     )
 
+    s = sub.add_parser("customer", help="the customer's read-only Modbus TCP server (own process)")
+    s.add_argument("--config", required=True, type=Path)
+    s.add_argument("--listen", default=None, help="HOST:PORT (default: customer.listen)")
+
     s = sub.add_parser("demo", help="simulator + agent + broker + live view on this machine")
     s.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     s.add_argument("--seconds", type=float, default=None, help="stop after this long")
@@ -220,6 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_scan(
             args.port, args.baudrate, args.secondary, sys.stdout, args.max_address, args.timeout_s
         )
+
+    if args.cmd == "customer":
+        from agent.customer import run_customer
+
+        cfg = _load_config(args.config)
+        if args.log_level is None:
+            setup_logging(cfg.log_level)
+        return run_customer(cfg, args.listen)
 
     if args.cmd == "demo":
         from agent.demo import run_demo

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.plausibility import PlausibilityParams
 from drivers.mbus_map import available_mbus_profiles
 from drivers.profile import ProfileError, available_profiles, load_profile
 
@@ -127,6 +128,17 @@ class WebCfg:
 
 
 @dataclass(frozen=True, slots=True)
+class CustomerCfg:
+    """The customer's read-only Modbus TCP server (docs/customer-modbus.md)."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:502"
+    max_connections: int = 8
+    max_requests_s: float = 50.0
+    idle_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceCfg:
     name: str
     role: str
@@ -159,6 +171,8 @@ class Config:
     log_level: str = "info"
     live: LiveCfg = field(default_factory=LiveCfg)
     web: WebCfg = field(default_factory=WebCfg)
+    plausibility: PlausibilityParams = field(default_factory=PlausibilityParams)
+    customer: CustomerCfg = field(default_factory=CustomerCfg)
     base: Path = field(default=Path("."))
     doc: Mapping[str, Any] = field(default_factory=dict)  # the validated source document
 
@@ -343,6 +357,31 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "idle_exit_s": (_num(0, 86400), False),
         "refresh_s": (_int(2, 3600), False),
     },
+    "plausibility": {  # agent/plausibility.py, docs/plausibility.md
+        "enabled": (_bool, False),
+        "window_s": (_num(3600, 30 * 86400), False),
+        "drift_pct": (_num(0.5, 50), False),
+        "min_energy_kwh": (_num(0, 1e6), False),
+        "min_coverage": (_num(0.1, 1), False),
+        "max_gap_s": (_num(1, 86400), False),
+        "flow_sensor": (_choice("return", "supply"), False),
+        "flow_min_m3h": (_num(0, 100), False),
+        "swap_margin_k": (_num(0, 50), False),
+        "swap_after_s": (_num(0, 86400), False),
+        "sensor_min_c": (_num(-50, 50), False),
+        "sensor_max_c": (_num(100, 500), False),
+        "sensor_after_s": (_num(0, 86400), False),
+        "stuck_after_s": (_num(60, 7 * 86400), False),
+        "stuck_power_span": (_num(0, 1), False),
+        "end_after_s": (_num(0, 86400), False),
+    },
+    "customer": {  # agent/customer.py, docs/customer-modbus.md
+        "enabled": (_bool, False),
+        "listen": (_listen, False),
+        "max_connections": (_int(1, 1024), False),
+        "max_requests_s": (_num(1, 10_000), False),
+        "idle_timeout_s": (_num(1, 86400), False),
+    },
 }
 
 DEVICE_SCHEMA: dict[str, tuple[Check, bool]] = {
@@ -524,6 +563,10 @@ def validate(
         m = t["mqtt"]
         if ("cert_file" in m) != ("key_file" in m):
             problems.append("mqtt.cert_file: cert_file and key_file go together")
+    cu = t["customer"]
+    host = str(cu.get("listen", "")).rpartition(":")[0].strip("[]")
+    if host in ("0.0.0.0", "::", "*"):
+        problems.append("customer.listen: must be the address on the customer's network, not all")
     if problems:
         return None, problems
 
@@ -558,6 +601,8 @@ def validate(
             every_s=t["live"].get("every_s", 5.0),
         ),
         web=WebCfg(**{**t["web"], "password_file": rel(t["web"].get("password_file"))}),
+        plausibility=PlausibilityParams(**t["plausibility"]),
+        customer=CustomerCfg(**cu),
         base=base,
         doc=copy.deepcopy(dict(doc)),
     )

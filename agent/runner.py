@@ -39,6 +39,7 @@ from agent.logs import RateLimiter
 from agent.meters import MeterWatch, disk_flags, restored_sample
 from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
+from agent.plausibility import Plausibility
 from agent.poll import driver_spec
 from agent.remote import apply_overlay
 from agent.stamping import ReadingStamper
@@ -158,6 +159,7 @@ class Agent:
         self.stamper = ReadingStamper()
         self.monitors = Monitors(monitor_params(cfg))
         self.meters = MeterWatch()  # meter identity: replacement, stored values
+        self.plausibility = Plausibility(cfg.plausibility)
         self.lparams = limiter_params(cfg)
         self.lstate = LimiterState.initial()
         self.meter: Channel | None = None  # the heat meter the limiter follows (the first)
@@ -295,6 +297,7 @@ class Agent:
         self.cfg = cfg
         self.lparams = self.limiter_params(cfg)
         self.monitors.params = monitor_params(cfg)
+        self.plausibility.params = cfg.plausibility
         if was_enforcing and not self.lparams.enforce:
             # enforcement switched off while limiting: release now, not at the watchdog
             self.limiting = False
@@ -367,6 +370,12 @@ class Agent:
             await self.emit_event(ev)
         for ev in self.meters.observe(name, r, getattr(ch.device, "stored", None)):
             await self.emit_event(ev)
+
+        if role == "heat_meter" and r.ok:  # plausibility sees raw values (faults are evidence)
+            raw = {k: v.value for k, v in r.values.items()}
+            bad = [k for k, v in r.values.items() if not v.good]
+            for ev in self.plausibility.observe(name, r.ts, raw, bad, ch.params.rollover):
+                await self.emit_event(ev)
         if ch is self.meter and (
             self.lparams.flow_limit_m3h is not None
             or self.lparams.power_limit_kw is not None

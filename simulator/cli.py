@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="per-kind fault probability per read request (faults scenario default 0.03)",
     )
+    ap.add_argument(
+        "--meter-fault-after-s", type=float, help="meter-fault scenarios: onset (s after start)"
+    )
+    ap.add_argument("--meter-drift", type=float, help="meter-drift: the fraction (default 0.06)")
     ap.add_argument("--step-s", type=float, default=0.1, help="plant update period (s)")
     ap.add_argument(
         "--stroke-s", type=float, help="actuator full-stroke time in s (0 = instant, the default)"
@@ -131,6 +135,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if getattr(args, arg) is not None:
             o[key] = getattr(args, arg)
+
+    if args.meter_fault_after_s is not None:
+        o["meter_fault_after_s"] = args.meter_fault_after_s
+    if args.meter_drift is not None:
+        o["meter_drift"] = args.meter_drift
     return o
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-LAGGED = ("flow_m3h", "power_kw", "supply_c", "return_c")
+LAGGED = ("flow_m3h", "power_kw", "supply_c", "return_c", "delta_t_c")
 HELD = (*LAGGED, "volume_m3", "energy_kwh")
 
 

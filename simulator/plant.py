@@ -27,10 +27,11 @@ Model (per instant):
   ``dT = dT_nominal * x ** -0.6``, the return never below the building's own return
   (``secondary_min_c + secondary_slope * (indoor - outdoor)``, about 29 C at 0 C outdoor);
   so the return temperature falls but the delivered heat stays below the demand;
-* meter integrals: ``volume += Q dt / 3600``, ``energy += Q rho c dT / 3600 dt / 3600``
+* meter integrals: ``volume += Q dt / 3600``, ``energy += Q k dT / 3600 dt / 3600``
   (kWh), rolling over like the profile's counters; one reset in ``faults``; what the
-  meter shows (``Plant.meter.shown``) lags and is refreshed every ``meter_update_s``
-  (``simulator.meter``; live by default);
+  meter measures and counts passes through ``simulator.meter_faults.MeterModel`` (meter
+  faults of the scenario, else transparent), and what it shows (``Plant.meter.shown``)
+  lags and is refreshed every ``meter_update_s`` (``simulator.meter``; live by default);
 * actuator watchdog: a limit not re-written for more than ``watchdog_s`` is released
   to 100 %.
 """
@@ -40,9 +41,12 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from typing import Any
 
+from agent.plausibility_water import heat_coefficient
 from simulator.actuator import Actuator, Valve
 from simulator.meter import MeterDisplay
+from simulator.meter_faults import MeterModel
 from simulator.scenarios import ScenarioParams, get_scenario
 
 RHO_KG_M3 = 975.0
@@ -119,6 +123,9 @@ class Plant:
         self._limit_written_at: float | None = None
         self._reset_done = False
         self.meter_swaps = 0  # meter replacements so far (meter-swap scenario)
+        self.meter_model = MeterModel(
+            p.meter_fault, p.meter_fault_after_s, p.meter_drift, self.t0
+        )  # what the meter measures (faults)
         # faults injected by the plant itself (the server adds request-level ones)
         self.faults: Counter[str] = Counter()
         self.events: list[tuple[float, str]] = []
@@ -180,8 +187,9 @@ class Plant:
         p = self.params
         dv = self.flow_m3h * h / 3600.0
         de = self.power_kw * h / 3600.0
-        self.volume_m3 = (self.volume_m3 + dv) % p.volume_rollover_m3
-        self.energy_kwh = (self.energy_kwh + de) % p.energy_rollover_kwh
+        mv, me = self.meter_model.increments(dv, de, h)
+        self.volume_m3 = (self.volume_m3 + mv) % p.volume_rollover_m3
+        self.energy_kwh = (self.energy_kwh + me) % p.energy_rollover_kwh
         self.delivered_volume_m3 += dv
         self.delivered_energy_kwh += de
 
@@ -283,7 +291,8 @@ class Plant:
             if 0.0 <= rel < p.return_high_duration_s:
                 ret_nom = p.return_high_c
         dt_nom = max(supply - ret_nom, 2.0)
-        qd = min(demand_kw * 3600.0 / (RHO_C * dt_nom), p.demand_flow_max_m3h)
+        k_nom = heat_coefficient(supply, supply - dt_nom)
+        qd = min(demand_kw * 3600.0 / (k_nom * dt_nom), p.demand_flow_max_m3h)
         cap = p.kvs_m3h * math.sqrt(dp_net / 100.0)
         q = max(0.0, min(qd, cap * self.valve.fraction(self.actuator.limit_pct)))
         floor = p.secondary_min_c + p.secondary_slope * max(0.0, p.indoor_c - out)
@@ -299,17 +308,20 @@ class Plant:
         self.demand_flow_m3h = qd
         self.capacity_m3h = cap
         self.flow_m3h = q
-        self.power_kw = q * RHO_C * cooling / 3600.0
+        self.power_kw = q * heat_coefficient(supply, self.return_c) * cooling / 3600.0
         self.dp_kpa = max(0.0, dp_net - p.dp_site_loss_kpa_per_m3h2 * q * q)
         self.position_pct = self.valve.stroke(q / cap) if cap > 0 else 0.0
+        mm = self.meter_model
+        mm.update(t, q, self.power_kw, supply, self.return_c)
         self.meter.observe(
             t,
             h,
             {
-                "flow_m3h": q,
-                "power_kw": self.power_kw,
-                "supply_c": supply,
-                "return_c": self.return_c,
+                "flow_m3h": mm.flow_m3h,
+                "power_kw": mm.power_kw,
+                "supply_c": mm.supply_c,
+                "return_c": mm.return_c,
+                "delta_t_c": mm.delta_t_c,
                 "volume_m3": self.volume_m3,
                 "energy_kwh": self.energy_kwh,
             },
@@ -317,7 +329,7 @@ class Plant:
 
     # --- output ------------------------------------------------------------------------
 
-    def truth(self) -> dict[str, float]:
+    def truth(self) -> dict[str, Any]:
         """The truth-line fields at ``self.t`` (exact values, before register resolution)."""
         return {
             "t": self.t,
@@ -338,4 +350,5 @@ class Plant:
             "watchdog_s": self.watchdog_s,
             "delivered_energy_kwh": self.delivered_energy_kwh,
             "delivered_volume_m3": self.delivered_volume_m3,
+            **self.meter_model.truth(),
         }

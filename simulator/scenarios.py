@@ -20,6 +20,11 @@ Scenarios:
                  a new identification number (M-Bus) and serial (Modbus), registers
                  restarting near zero.
 
+``meter-drift``, ``swapped-sensors``, ``stuck-flow``, ``open-sensor``
+                 ``steady`` physics with one heat-meter fault (``simulator.meter_faults``):
+                 the calculator counting 6 % too much heat from the start, or, one hour
+                 in, swapped temperature sensors, a frozen flow sensor, an open supply
+                 sensor.
 ``winter-peak-slow``    ``winter-peak`` on real hardware: a 90 s full-stroke actuator with a
                  0.5 % deadband on an equal-percentage valve, a meter refreshed every 10 s
                  with a 5 s lag.
@@ -115,6 +120,12 @@ class ScenarioParams:
     swap_energy_kwh: float = 2.0
     swap_volume_m3: float = 0.03
 
+    # --- heat-meter faults (simulator.meter_faults): drift | swapped | stuck-flow |
+    #     open-sensor, from meter_fault_after_s on; meter_drift is the drift's fraction
+    meter_fault: str | None = None
+    meter_fault_after_s: float = 3600.0
+    meter_drift: float = 0.06
+
 
 _STEADY = ScenarioParams(name="steady")
 
@@ -146,6 +157,12 @@ SCENARIOS: dict[str, ScenarioParams] = {
     "outage": replace(_STEADY, name="outage", outage_after_s=20.0, outage_duration_s=30.0),
     "low-dp": replace(_STEADY, name="low-dp", dp_nominal_kpa=60.0, dp_load_drop_kpa=40.0),
     "meter-swap": replace(_STEADY, name="meter-swap", meter_swap_after_s=30.0),
+    "meter-drift": replace(
+        _STEADY, name="meter-drift", meter_fault="drift", meter_fault_after_s=0.0
+    ),
+    "swapped-sensors": replace(_STEADY, name="swapped-sensors", meter_fault="swapped"),
+    "stuck-flow": replace(_STEADY, name="stuck-flow", meter_fault="stuck-flow"),
+    "open-sensor": replace(_STEADY, name="open-sensor", meter_fault="open-sensor"),
 }
 _SLOW: dict[str, Any] = dict(
     stroke_s=90.0,

@@ -97,7 +97,7 @@ class SlaveBank:
             m = pl.meter.shown  # what the meter shows: lagged, refreshed at its cycle
             v = {
                 "device_type": 0x4801,
-                "status": 0.0,
+                "status": pl.meter_model.status,  # meter faults: simulator.meter_faults
                 "serial": float(self.serial + 1111 * pl.meter_swaps),  # a new meter, new serial
                 "operating_hours": float(self._op_hours0 + int((pl.t - pl.t0) // 3600)),
                 "energy_kwh": m["energy_kwh"],
@@ -108,7 +108,7 @@ class SlaveBank:
                 "flow_m3h": m["flow_m3h"],
                 "supply_c": m["supply_c"],
                 "return_c": m["return_c"],
-                "delta_t_c": m["supply_c"] - m["return_c"],
+                "delta_t_c": m["delta_t_c"],
             }
             if absurd == 0:  # open supply sensor
                 v.update(supply_c=185.0, delta_t_c=0.0, power_kw=0.0, status=1.0)

@@ -9,6 +9,7 @@ need=()
 python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mbpoll >/dev/null 2>&1 || need+=(mbpoll)  # independent Modbus client (customer tests)
 # headless Chromium renders the technician's page in tests/test_web_browser.py
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${DH_SKIP_APT:-}" = "" ] && [ "${#need[@]}" -gt 0 ]; then

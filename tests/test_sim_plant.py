@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from simulator.plant import RHO_C, Plant
+from agent.plausibility_water import heat_coefficient
+from simulator.plant import Plant
 from simulator.scenarios import get_scenario, scenario_names
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13 UTC
@@ -27,7 +28,8 @@ def test_steady_operating_point() -> None:
         flows.append(p.flow_m3h)
         assert p.flow_m3h == pytest.approx(p.demand_flow_m3h)  # unthrottled
         cooling = p.supply_c - p.return_c
-        assert p.power_kw == pytest.approx(p.flow_m3h * RHO_C * cooling / 3600.0)
+        k = heat_coefficient(p.supply_c, p.return_c)
+        assert p.power_kw == pytest.approx(p.flow_m3h * k * cooling / 3600.0)
         assert 60.0 < p.dp_kpa < 130.0
         assert 70.0 <= p.supply_c <= 120.0
     avg = sum(flows) / len(flows)

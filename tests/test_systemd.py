@@ -494,3 +494,26 @@ def test_web_security_exposure_at_most_2() -> None:
     score = parse_exposure(r.stdout + r.stderr)
     print(f"dh-agent-web.service exposure: {score}")
     assert score <= MAX_EXPOSURE, r.stdout
+
+
+# --- systemd/dh-agent-customer.service ------------------------------------------------
+
+CUSTOMER_UNIT = REPO / "systemd" / "dh-agent-customer.service"
+
+
+def test_customer_unit_runs_the_customer_command_without_keys_or_store() -> None:
+    u = parse_unit(CUSTOMER_UNIT.read_text())["Service"]
+    assert u["ExecStart"] == [f"{INSTALLED_BIN} customer --config /etc/dh-agent/agent.toml"]
+    assert u["Type"] == ["notify"]
+    hidden = u["InaccessiblePaths"][0].split()
+    assert "-/var/lib/dh-agent" in hidden and "-/etc/dh-agent/agent.key" in hidden
+    assert u["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert u["PrivateDevices"] == ["yes"] and u["NoNewPrivileges"] == ["yes"]
+
+
+@needs_analyze
+def test_customer_unit_security_exposure_at_most_2() -> None:
+    r = run_analyze("security", "--offline=true", str(CUSTOMER_UNIT))
+    score = parse_exposure(r.stdout + r.stderr)
+    print(f"customer unit exposure: {score}")
+    assert score <= MAX_EXPOSURE
