@@ -335,11 +335,53 @@ class Store(SampleStore):
                 (repr(float(self.clock())),),
             )
 
+    def mark_refused(self, items: Sequence[tuple[int, int, str]]) -> None:
+        """Record messages the broker refused for good: (id, reason code, reason). They leave
+        the backlog (``sent = 2``) and stay stored; ``mark_unsent`` queues them again."""
+        self._check()
+        if not items:
+            return
+        now = float(self.clock())
+        with self._txn(durable=False) as c:
+            for mid, code, reason in items:
+                c.execute("UPDATE messages SET sent = 2 WHERE id = ?", (int(mid),))
+                c.execute(
+                    "INSERT OR REPLACE INTO refusals(msg, code, reason, time) VALUES (?, ?, ?, ?)",
+                    (int(mid), int(code), str(reason), now),
+                )
+
+    def refused(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Messages refused by the broker and not queued again, oldest first."""
+        self._check()
+        return [
+            {"stream": s, "seq": int(q), "code": int(c), "reason": r, "time": float(t)}
+            for s, q, c, r, t in self.conn.execute(
+                "SELECT m.stream, m.seq, f.code, f.reason, f.time FROM refusals f"
+                " JOIN messages m ON m.id = f.msg WHERE m.sent = 2 ORDER BY f.msg LIMIT ?",
+                (limit,),
+            )
+        ]
+
+    def refused_count(self) -> dict[str, int]:
+        """Refused messages per stream."""
+        self._check()
+        return {
+            str(s): int(n)
+            for s, n in self.conn.execute(
+                "SELECT stream, count(*) FROM messages WHERE sent = 2 GROUP BY stream"
+            )
+        }
+
     def mark_unsent(self, stream: str, from_seq: int, to_seq: int) -> int:
-        """Queue stored messages again (``cmd resend``); returns how many are stored in the
-        range (whether they were sent or still pending)."""
+        """Queue stored messages again (``cmd resend``; refused ones too); returns how many
+        are stored in the range (whether they were sent, refused or still pending)."""
         self._check()
         with self._txn(durable=False) as c:
+            c.execute(
+                "DELETE FROM refusals WHERE msg IN (SELECT id FROM messages"
+                " WHERE stream = ? AND seq BETWEEN ? AND ? AND sent = 2)",
+                (stream, from_seq, to_seq),
+            )
             c.execute(
                 "UPDATE messages SET sent = 0 WHERE stream = ? AND seq BETWEEN ? AND ?",
                 (stream, from_seq, to_seq),

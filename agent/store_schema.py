@@ -70,8 +70,17 @@ def _m1_base(db: sqlite_utils.Database) -> None:
     db.table("sample_blocks").create_index(["device", "ts_max"])
 
 
+def _m2_refusals(db: sqlite_utils.Database) -> None:
+    """Messages the broker refused for good (MQTT 5 PUBACK reason code): the message keeps
+    ``sent = 2`` (out of the backlog, kept), this table says why and when."""
+    db.execute(
+        "CREATE TABLE refusals (msg INTEGER PRIMARY KEY, code INTEGER NOT NULL,"
+        " reason TEXT NOT NULL, time REAL NOT NULL)"
+    )
+
+
 Migration = Callable[[sqlite_utils.Database], None]
-MIGRATIONS: list[Migration] = [_m1_base]
+MIGRATIONS: list[Migration] = [_m1_base, _m2_refusals]
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] | None = None) -> int:
