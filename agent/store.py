@@ -132,28 +132,31 @@ class Store(SampleStore):
 
     # --- stored messages --------------------------------------------------------------------
 
+    # the lookup caches change only when the transaction commits (``_stage``): after a
+    # rollback (a full disk) they never name a row that does not exist
+
     def _header_id(self, c: sqlite3.Connection, b64: str) -> int:
-        i = self._headers.get(b64)
+        i: int | None = self._staged_get(self._headers, b64)
         if i is None:
             i = int(c.execute("INSERT INTO jws_headers(b64) VALUES (?)", (b64,)).lastrowid or 0)
-            self._headers[b64] = i
-            self._header_text[i] = b64
+            self._stage(self._headers, b64, i)
+            self._stage(self._header_text, i, b64)
         return i
 
     def _topic_id(self, c: sqlite3.Connection, topic: str) -> int:
-        i = self._topics.get(topic)
+        i: int | None = self._staged_get(self._topics, topic)
         if i is None:
             i = int(c.execute("INSERT INTO topics(topic) VALUES (?)", (topic,)).lastrowid or 0)
-            self._topics[topic] = i
-            self._topic_text[i] = topic
+            self._stage(self._topics, topic, i)
+            self._stage(self._topic_text, i, topic)
         return i
 
     def _shape_id(self, c: sqlite3.Connection, keys: list[str]) -> int:
         k = json.dumps(keys, separators=(",", ":"))
-        i = self._shapes.get(k)
+        i: int | None = self._staged_get(self._shapes, k)
         if i is None:
             i = int(c.execute("INSERT INTO shapes(keys) VALUES (?)", (k,)).lastrowid or 0)
-            self._shapes[k] = i
+            self._stage(self._shapes, k, i)
         return i
 
     def _tip(self, c: sqlite3.Connection, stream: str) -> tuple[int, str | None]:
@@ -353,6 +356,8 @@ class Store(SampleStore):
     def refused(self, limit: int = 100) -> list[dict[str, Any]]:
         """Messages refused by the broker and not queued again, oldest first."""
         self._check()
+        if self.schema_version < 2:  # an older database opened read-only
+            return []
         return [
             {"stream": s, "seq": int(q), "code": int(c), "reason": r, "time": float(t)}
             for s, q, c, r, t in self.conn.execute(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
+
+from agent.jws import b64u_decode
 
 if TYPE_CHECKING:
     from agent.uplink import Outgoing, Uplink
@@ -75,6 +78,23 @@ def classify(rc: Any) -> Refusal | None:
         return Refusal(code, name, True)
     text = str(rc) if not isinstance(rc, int) else f"reason code 0x{code:02x}"
     return Refusal(code, text, False)
+
+
+def refusal_event_of(m: Outgoing, r: Refusal | None = None) -> dict[str, Any] | None:
+    """The `message_refused` event for a refused stored message; None when the message is
+    itself a `message_refused` event (a refused event topic must not make a loop)."""
+    if m.stream == "event":
+        try:
+            env = json.loads(b64u_decode(m.payload.split(".")[1]))
+            kind = env["body"]["kind"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            kind = None
+        if kind == "message_refused":
+            return None
+    ev: dict[str, Any] = {"kind": "message_refused", "stream": m.stream, "seq": m.seq}
+    if r is not None:
+        ev.update(topic=m.topic, code=r.code, reason=r.reason)
+    return ev
 
 
 def hold_delay(attempt: int) -> float:
