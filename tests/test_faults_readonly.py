@@ -47,24 +47,29 @@ def test_a_missing_database_is_an_error_and_is_not_created(
 def test_status_and_export_never_write_or_migrate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An older database (schema 1, as the agent before this version left it) stays exactly
-    as it is: no migration, no checkpoint, not one byte changed."""
+    """While the agent runs (its connection open, the newest commits still in the WAL) the
+    tools change nothing: no checkpoint, no optimize, not one byte of the database file. An
+    older database (schema 1) is read as it is, not migrated."""
     cfg = write_config(tmp_path)
     db = tmp_path / "data" / "agent.db"
-    st = Store(db)
-    st.append_message("event", "p/s/event", 1, False, lambda s, p: SIGNER.sign(
+    live = Store(db)  # the running agent
+    live.append_message("event", "p/s/event", 1, False, lambda s, p: SIGNER.sign(
         envelope(SITE, "event", s, p, time.time(), {"kind": "x"})
     ))  # fmt: skip
-    st.close()
-    c = sqlite3.connect(db)
-    c.execute("DROP TABLE refusals")
-    c.execute("PRAGMA user_version = 1")
-    c.close()
     before = digest(db)
     assert main(["status", "--config", str(cfg)]) == 0
     assert "backlog: event 1" in capsys.readouterr().out
     assert main(["export", "--config", str(cfg), "--from", "2025-01-01T00:00:00Z",
                  "--to", "2025-01-02T00:00:00Z"]) == 0  # fmt: skip
+    assert digest(db) == before, "a read-only tool wrote to the database"
+    live.close()
+    c = sqlite3.connect(db)
+    c.execute("DROP TABLE IF EXISTS refusals")
+    c.execute("PRAGMA user_version = 1")
+    c.close()
+    before = digest(db)
+    assert main(["status", "--config", str(cfg)]) == 0
+    assert "backlog: event 1" in capsys.readouterr().out
     assert digest(db) == before
     c = sqlite3.connect(db)
     assert c.execute("PRAGMA user_version").fetchone()[0] == 1
