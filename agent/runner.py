@@ -29,6 +29,7 @@ from agent import aggregator as agg
 from agent.clock import SyncClock
 from agent.commands import RemoteHandler
 from agent.config import Config
+from agent.degraded import GuardedOutbox, StorageGuard, bound_pending, is_storage_error
 from agent.events import event_body
 from agent.jws import Signer, envelope
 from agent.keys import load_private
@@ -62,6 +63,7 @@ class Channel:
     poll_s: float = 1.0
     stored_ts: float = -math.inf  # time of the last reading kept for the disk
     poll_now: asyncio.Event = field(default_factory=asyncio.Event)
+    loaded: bool = False  # aggregator state and samples read from the store
 
 
 def release_free_memory() -> None:
@@ -152,6 +154,18 @@ class Agent:
         self.stopping = asyncio.Event()
         self.topic = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}"
         self.remote = RemoteHandler(self, config_version)
+        self.storage = StorageGuard(
+            self.call,
+            lambda: Store(
+                cfg.storage.path,
+                max_mb=cfg.storage.max_mb,
+                sample_retention_days=cfg.storage.sample_retention_days,
+            ),
+            cfg.storage.path,
+            wall=self.clock.wall,
+            mono=self.clock.mono,
+        )
+        self.outbox = GuardedOutbox(self.storage)
 
     # --- helpers ------------------------------------------------------------------
 
@@ -179,42 +193,76 @@ class Agent:
         return sign
 
     async def emit_event(self, ev: dict[str, Any]) -> None:
-        """Store (signed, chained) and queue one event."""
-        assert self.store is not None
+        """Store (signed, chained) and queue one event; kept in memory while the store is
+        out (degraded mode), stored in order once it works again."""
         body = event_body(ev, self.clock.wall())
         log.info("event %s %s", body.get("kind"), body.get("device", ""))
-        await self.call(self.store.add_event, body, f"{self.topic}/event", self.sign_body("event"))
-        if self.uplink is not None:
+        self.storage.queue_event(body)
+        await self.flush_events()
+
+    async def flush_events(self) -> None:
+        g = self.storage
+        topic, sign = f"{self.topic}/event", self.sign_body("event")
+        stored = 0
+        while g.events:
+            body = g.events[0]
+            ok, _ = await g.run("event", Store.add_event, body, topic, sign)
+            if not ok:
+                break
+            g.events.popleft()
+            stored += 1
+        if stored and self.uplink is not None:
             self.uplink.wake()
 
     # --- startup --------------------------------------------------------------------
 
+    async def on_store_open(self, store: Store) -> None:
+        """The store is open (at start-up, or later after a degraded start)."""
+        self.store = store
+        ok, boot = await self.storage.run("boot", lambda st: st.next_boot())
+        self.boot = int(boot) if ok and boot is not None else store.boot() + 1
+        if self.uplink is not None:
+            self.uplink.boot = self.boot
+        with contextlib.suppress(Exception):
+            await self.remote.load_seen()
+
+    async def load_channel(self, ch: Channel) -> bool:
+        """The aggregator state and the samples after it, from the store (once)."""
+        name = ch.params.device
+
+        def read(st: Store) -> tuple[str | None, list[SampleRow]]:
+            raw = st.load_agg_state(name)
+            state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
+            since = state.boundary if state.boundary is not None else 0.0
+            return raw, st.samples_since(name, float(since))
+
+        ok, got = await self.storage.run("load", read)
+        if not ok or got is None:
+            return False
+        raw, rows = got
+        ch.state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
+        stored = [
+            agg.Sample(ts=r.ts, values=r.values, flags=frozenset(r.flags))
+            for r in rows
+            if r.ts is not None
+        ]
+        newest = max((x.ts for x in stored), default=-math.inf)
+        ch.pending = stored + [x for x in ch.pending if x.ts > newest]
+        ch.loaded = True
+        return True
+
     async def open(self) -> None:
         cfg = self.cfg
-        self.store = store = await self.call(
-            lambda: Store(
-                cfg.storage.path,
-                max_mb=cfg.storage.max_mb,
-                sample_retention_days=cfg.storage.sample_retention_days,
-            )
-        )
-        self.boot = await self.call(store.next_boot)
-        await self.remote.load_seen()
+        self.storage.on_open = self.on_store_open
+        await self.storage.open()  # a failure: degraded mode, retried by storage_loop
         for d in cfg.devices:
             spec = device_spec(d)
             dev = self.pool.add(spec)
             rollover = {r.name: r.rollover for r in spec.profile.registers if r.rollover}
-            raw = await self.call(store.load_agg_state, d.name)
-            state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
-            ch = Channel(dev, record_params(cfg, d.name, d.role, rollover), state, poll_s=d.poll_s)
-            since = state.boundary if state.boundary is not None else 0.0
-            rows = await self.call(store.samples_since, d.name, float(since))
-            ch.pending = [
-                agg.Sample(ts=r.ts, values=r.values, flags=frozenset(r.flags))
-                for r in rows
-                if r.ts is not None
-            ]
+            params = record_params(cfg, d.name, d.role, rollover)
+            ch = Channel(dev, params, agg.AggState.initial(), poll_s=d.poll_s)
             self.channels[d.name] = ch
+            await self.load_channel(ch)
             if d.role == "actuator" and d.name == cfg.limiter.actuator:
                 self.actuator = dev
             if d.role == "heat_meter" and self.meter is None:
@@ -236,7 +284,7 @@ class Agent:
                 keepalive_s=cfg.mqtt.keepalive_s,
             ),
             self.signer,
-            store,
+            self.outbox,
             self.db,
             boot=self.boot,
             on_message=self.on_message,
@@ -381,6 +429,9 @@ class Agent:
         await self.close_periods(ch)
 
     async def close_periods(self, ch: Channel) -> None:
+        if not ch.loaded and not await self.load_channel(ch):
+            bound_pending(ch.pending, ch.params.period_s)
+            return
         st = ch.state
         if not ch.pending:
             return
@@ -394,17 +445,16 @@ class Agent:
         if not records:
             ch.state = new_state
             return
-        assert self.store is not None
         # the samples behind these records go first, so a crash cannot lose them
         await self.flush_samples()
-        await self.call(
-            self.store.commit_intervals,
-            ch.params.device,
-            new_state.to_json(),
-            records,
-            f"{self.topic}/interval",
-            self.sign_body("interval"),
+        name, state_json = ch.params.device, new_state.to_json()
+        topic, sign = f"{self.topic}/interval", self.sign_body("interval")
+        ok, _ = await self.storage.run(
+            "records", lambda st: st.commit_intervals(name, state_json, records, topic, sign)
         )
+        if not ok:  # degraded: the readings stay pending (bounded) until the store works
+            bound_pending(ch.pending, ch.params.period_s)
+            return
         ch.state = new_state
         b = new_state.boundary
         ch.pending = [s for s in ch.pending if b is None or s.ts > b]
@@ -412,7 +462,12 @@ class Agent:
             for ev in self.monitors.on_record(rec):
                 await self.emit_event(ev)
         if ch is self.meter:
-            await self.monthly_review(records[-1])
+            try:
+                await self.monthly_review(records[-1])
+            except Exception as e:
+                if not is_storage_error(e):
+                    raise
+                self.storage.failed("contract review", e)
         if self.uplink is not None:
             self.uplink.wake()
 
@@ -478,20 +533,45 @@ class Agent:
                     return
 
     async def flush_samples(self) -> None:
-        if not self.sample_buf or self.store is None:
+        g = self.storage
+        rows = g.samples + self.sample_buf
+        g.samples, self.sample_buf = [], []
+        if not rows:
             return
-        rows, self.sample_buf = self.sample_buf, []
-        await self.call(self.store.add_samples, rows)
+        ok, _ = await g.run("samples", lambda st: st.add_samples(rows))
+        if not ok:
+            g.keep_samples(rows)
+
+    async def storage_loop(self) -> None:
+        """Degraded mode: try the store again, write what was kept, report the change."""
+        g = self.storage
+        while await self.pause(min(5.0, g.retry_s)):
+            if g.state.active or g.store is None or g.events or g.samples:
+                await self.flush_events()
+                await self.flush_samples()
+                if g.state.active and g.state.may_try(self.clock.mono()):
+                    wall = self.clock.wall()
+                    await g.run("probe", Store.set_meta, "storage_ok", repr(wall))
+            if g.recovered_after is not None:
+                lasted, g.recovered_after = g.recovered_after, None
+                ev = {"kind": "storage_recovered", "degraded_s": round(lasted, 1)}
+                ev |= {"dropped_events": g.dropped_events, "dropped_samples": g.dropped_samples}
+                await self.emit_event(ev)
+            if g.replaced is not None:
+                kept, g.replaced = g.replaced, None
+                await self.emit_event({"kind": "storage_replaced", "kept_as": str(kept)})
 
     async def flush_loop(self) -> None:
         while await self.pause(self.cfg.storage.flush_s):
             await self.flush_samples()
 
     async def maintenance_loop(self) -> None:
-        assert self.store is not None
         while await self.pause(3600):
-            done = await self.call(self.store.prune, self.clock.wall())
+            now = self.clock.wall()
+            ok, done = await self.storage.run("prune", Store.prune, now)
             release_free_memory()
+            if not ok or done is None:
+                continue
             lost = {k: v for k, v in done.items() if k != "samples" and v}
             if lost:
                 await self.emit_event({"kind": "data_pruned", "lost": lost})
@@ -512,6 +592,7 @@ class Agent:
                     if ch.last is not None
                 },
                 "limiting": self.limiting,
+                "storage": self.storage.state.view(),
             }
             await self.uplink.publish_live("telemetry", "telemetry", body)
 
@@ -542,6 +623,7 @@ class Agent:
                     tg.create_task(self.telemetry_loop(), name="telemetry"),
                     tg.create_task(self.watchdog_loop(), name="watchdog"),
                     tg.create_task(self.announce_loop(), name="announce"),
+                    tg.create_task(self.storage_loop(), name="storage"),
                 ]
                 for ch in self.channels.values():
                     tasks.append(
@@ -580,8 +662,11 @@ class Agent:
             await asyncio.wait_for(self.pool.close(), 5)
         except Exception as e:
             log.warning("closing the devices: %s", e)
-        if self.store is not None:
-            await self.call(self.store.close)
+        if self.storage.store is not None:
+            try:
+                await self.call(self.storage.store.close)
+            except Exception as e:  # a full disk at the very end: nothing signed is lost
+                log.warning("closing the store: %s", e)
         self.db.shutdown(wait=True)
 
 
