@@ -398,12 +398,16 @@ class Agent:
             self.release_pending = False
             await self.write_limit(self.lparams.default_pct)
         # timestamps: readings before clock sync are held and restamped later
-        steps = self.stamper.steps
+        steps, accepted = self.stamper.steps, self.stamper.accepted
         stamped = self.stamper.push(r)
-        if self.stamper.steps != steps:
-            await self.emit_event(
-                {"kind": "clock_step", "step_s": round(self.stamper.last_step_s, 3), "t": r.ts}
-            )
+        if self.stamper.steps != steps or self.stamper.accepted != accepted:
+            # readings across a step are placed by the monotonic clock and flagged until
+            # the step is accepted (small and lasting) or the wall clock agrees again
+            action = "accepted" if self.stamper.accepted != accepted else "held"
+            step = round(self.stamper.last_step_s, 3)
+            log.warning("clock step of %+.3f s (%s)", step, action)
+            t = stamped[-1][1] if stamped else None  # on the record time line
+            await self.emit_event({"kind": "clock_step", "step_s": step, "action": action, "t": t})
         for rr, ts, flags in stamped:
             if self.limiting and role == "heat_meter":
                 flags = flags | {"limited"}
