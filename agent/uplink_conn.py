@@ -12,6 +12,22 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+# subscribed messages (config/set, cmd): the operator's limit is 64 KiB; the broker is told
+# (MQTT 5 Maximum Packet Size) not to send a packet much larger, and at most INBOX_SIZE
+# wait for their handler
+MAX_INBOUND_BYTES = 64 * 1024
+MAX_PACKET_BYTES = MAX_INBOUND_BYTES + 4096  # topic, properties, header
+INBOX_SIZE = 16
+
+
+def connect_properties() -> Properties:
+    """MQTT 5 CONNECT properties: the Maximum Packet Size the agent accepts."""
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.MaximumPacketSize = MAX_PACKET_BYTES
+    return props
 
 
 @dataclass(frozen=True)
