@@ -3,6 +3,8 @@ after their signed announcement, operator keys never accepted for agent data."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -27,7 +29,7 @@ class Stream:
         self.seq = 0
         self.prev: str | None = None
 
-    def next(self, signer: Signer, body: dict[str, object], *, prev: str | None = "") -> bytes:
+    def next(self, signer: Signer, body: Mapping[str, object], *, prev: str | None = "") -> bytes:
         self.seq += 1
         p = self.prev if prev == "" else prev
         c = signer.sign(envelope(SITE, self.name, self.seq, p, 1e9 + self.seq, body))
@@ -53,7 +55,14 @@ def test_a_gap_across_a_key_rotation_is_a_gap() -> None:
     assert check(ch, "interval", iv.next(a, {"i": 2})) == (True, "ok")
     assert check(ch, "event", rotation(a, b, ev)) == (True, "ok")
     iv.next(b, {"i": 3})  # lost
-    assert check(ch, "interval", iv.next(b, {"i": 4})) == (False, "gap")
+    four = iv.next(b, {"i": 4})
+    assert check(ch, "interval", four) == (False, "gap")
+    # the same when the head-end knew both keys from the start
+    both = Checker(SITE, {a.kid: a.public_key, b.kid: b.public_key})
+    iv2 = Stream("interval")
+    assert check(both, "interval", iv2.next(a, {"i": 1})) == (True, "ok")
+    iv2.next(b, {"i": 2})  # lost
+    assert check(both, "interval", iv2.next(b, {"i": 3})) == (False, "gap")
 
 
 def test_a_broken_chain_across_a_key_rotation_is_broken() -> None:
