@@ -628,6 +628,7 @@ class Agent:
                     tg.create_task(self.watchdog_loop(), name="watchdog"),
                     tg.create_task(self.announce_loop(), name="announce"),
                     tg.create_task(self.storage_loop(), name="storage"),
+                    tg.create_task(self.remote.rotation().resume(), name="rotation"),
                 ]
                 for ch in self.channels.values():
                     tasks.append(
