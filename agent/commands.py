@@ -44,7 +44,8 @@ def rotated_key_path(agent: Agent) -> Path:
 class RemoteHandler:
     def __init__(self, agent: Agent, version: int) -> None:
         self.agent = agent
-        self.version = version
+        self.version = version  # the last applied remote version (stale floor)
+        self.conflict = ""  # why the stored overlay no longer applies ("" when it does)
         self.keys = load_operator_keys(agent.cfg.keys.operator_pubkeys)
         self.seen: dict[str, float] = {}
         self.lock = asyncio.Lock()  # one remote message at a time, in arrival order
@@ -69,7 +70,12 @@ class RemoteHandler:
     async def publish_current(self) -> None:
         up = self.agent.uplink
         if up is not None:
-            body = {"version": self.version, "config": remote_view(self.agent.cfg)}
+            body: dict[str, Any] = {
+                "version": 0 if self.conflict else self.version,  # the one in effect
+                "config": remote_view(self.agent.cfg),
+            }
+            if self.conflict:  # the operator re-sends (a version above overlay_version)
+                body["conflict"] = {"overlay_version": self.version, "reason": self.conflict}
             await up.publish_live("config", "config/current", body, qos=1, retain=True)
 
     async def on_config(self, payload: bytes) -> None:
@@ -94,6 +100,7 @@ class RemoteHandler:
                 )
             else:
                 self.version = new_version
+                self.conflict = ""
                 a.apply_config(new_cfg)
                 await a.emit_event(
                     {

@@ -128,7 +128,13 @@ def to_sample(r: Reading, ts: float, extra: frozenset[str]) -> agg.Sample:
 
 
 class Agent:
-    def __init__(self, cfg: Config, clock: Clock | None = None, config_version: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock | None = None,
+        config_version: int = 0,
+        config_conflict: str = "",
+    ) -> None:
         self.cfg = cfg
         self.config_version = config_version
         self.clock: Clock = clock if clock is not None else SyncClock()
@@ -154,6 +160,7 @@ class Agent:
         self.stopping = asyncio.Event()
         self.topic = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}"
         self.remote = RemoteHandler(self, config_version)
+        self.remote.conflict = config_conflict
         self.storage = StorageGuard(
             self.call,
             lambda: Store(
@@ -291,6 +298,14 @@ class Agent:
             subscriptions=[f"{self.topic}/config/set", f"{self.topic}/cmd"],
             on_refused=self.on_refused,
         )
+        if self.remote.conflict:  # a local edit made the remote overlay inapplicable
+            await self.emit_event(
+                {
+                    "kind": "config_conflict",
+                    "overlay_version": self.remote.version,
+                    "reason": self.remote.conflict,
+                }
+            )
         release_free_memory()
         log.info(
             "dh-agent started: site %s, boot %d, %d devices, period %d s",
@@ -679,8 +694,8 @@ def run_agent(cfg: Config) -> int:
     t0 = time.monotonic()
     cfg, version, problem = apply_overlay(cfg)
     if problem:
-        log.error("remote config overlay ignored: %s", problem)
-    agent = Agent(cfg, config_version=version)
+        log.error("remote config overlay ignored (local file in effect): %s", problem)
+    agent = Agent(cfg, config_version=version, config_conflict=problem)
     asyncio.run(agent.run())
     log.info("stopped after %.0f s", time.monotonic() - t0)
     return 0
