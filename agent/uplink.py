@@ -57,6 +57,7 @@ from agent.uplink_conn import (
     no_delay,
     parse_url,
     payload_bytes,
+    release,
     tls_context,
 )
 from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold, Window
@@ -327,6 +328,7 @@ class Uplink:
         finally:
             self.connected = False
             self._client = None
+            release(client)
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(client.__aexit__(None, None, None), 3)
 
@@ -449,6 +451,7 @@ class Uplink:
             try:
                 await self._say_offline(client, will)
             finally:
+                release(client)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.__aexit__(None, None, None), 2)
         except (aiomqtt.MqttError, OSError, ssl.SSLError) as e:

@@ -152,3 +152,12 @@ def no_delay(client: aiomqtt.Client) -> None:
     if sock is not None:
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def release(client: aiomqtt.Client) -> None:
+    """The uplink is done with this client: whatever ends its connection later (the broker
+    stopping after a cancelled ``__aexit__``) is expected, so its disconnection future is
+    consumed instead of being reported as "Future exception was never retrieved"."""
+    fut = getattr(client, "_disconnected", None)
+    if isinstance(fut, asyncio.Future):
+        fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
