@@ -297,6 +297,7 @@ class Agent:
             on_message=self.on_message,
             subscriptions=[f"{self.topic}/config/set", f"{self.topic}/cmd"],
             on_refused=self.on_refused,
+            on_event=self.emit_event,
         )
         if self.remote.conflict:  # a local edit made the remote overlay inapplicable
             await self.emit_event(
@@ -612,6 +613,7 @@ class Agent:
                 },
                 "limiting": self.limiting,
                 "storage": self.storage.state.view(),
+                "refused_subscriptions": dict(self.uplink.refused_subscriptions),
             }
             await self.uplink.publish_live("telemetry", "telemetry", body)
 

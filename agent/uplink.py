@@ -148,6 +148,7 @@ class Uplink:
         connect_timeout_s: float = 5.0,
         rng: Callable[[], float] = random.random,
         on_refused: OnRefused | None = None,
+        on_event: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.addr = parse_url(settings.url)
@@ -166,6 +167,7 @@ class Uplink:
         self.connect_timeout_s = connect_timeout_s
         self.rng = rng
         self.on_refused = on_refused  # a stored message refused for good (MQTT 5 PUBACK)
+        self.on_event = on_event  # events of the uplink (subscription_refused)
         self.base = f"{settings.topic_prefix}/{settings.site}"
         self.status_topic = f"{self.base}/status"
         self.client_id = settings.client_id or f"dh-agent-{settings.site}"
@@ -375,7 +377,19 @@ class Uplink:
         reason = str(refused[0])
         if self.refused_subscriptions.get(topic) != reason:
             log.error("uplink: the broker refused the subscription to %s: %s", topic, reason)
+            if self.on_event is not None:
+                ev = {"kind": "subscription_refused", "topic": topic, "reason": reason}
+                task = asyncio.get_running_loop().create_task(self._emit(ev))
+                self.background.add(task)
+                task.add_done_callback(self.background.discard)
         self.refused_subscriptions[topic] = reason
+
+    async def _emit(self, ev: dict[str, Any]) -> None:
+        assert self.on_event is not None
+        try:
+            await self.on_event(ev)
+        except Exception as e:
+            log.warning("uplink: event %s not stored: %s", ev.get("kind"), e)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         """Queue subscribed messages for ``_handle_loop`` (bounded; a handler never runs on
