@@ -30,18 +30,20 @@ from agent import aggregator as agg
 from agent.clock import SyncClock
 from agent.commands import RemoteHandler
 from agent.config import Config
+from agent.degraded import GuardedOutbox, StorageGuard, bound_pending, is_storage_error
 from agent.events import event_body
 from agent.jws import Signer, envelope
 from agent.keys import load_private
 from agent.limiter import LimiterParams, LimiterState, MeterInput
 from agent.limiter import step as limiter_step
 from agent.logs import RateLimiter
-from agent.meters import MeterWatch, disk_flags, restored_sample
+from agent.meters import MeterWatch, disk_flags
 from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
 from agent.plausibility import Plausibility
 from agent.poll import driver_spec
 from agent.remote import apply_overlay
+from agent.runner_storage import StorageMixin
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
 from agent.uplink import MqttSettings, Uplink
@@ -64,6 +66,7 @@ class Channel:
     poll_s: float = 1.0
     stored_ts: float = -math.inf  # time of the last reading kept for the disk
     poll_now: asyncio.Event = field(default_factory=asyncio.Event)
+    loaded: bool = False  # aggregator state and samples read from the store
 
 
 def _profile_name(device: Any) -> str:
@@ -142,8 +145,14 @@ def to_sample(r: Reading, ts: float, extra: frozenset[str]) -> agg.Sample:
     return agg.Sample(ts=ts, values=vals, flags=frozenset(flags), meter_id=r.meter_id)
 
 
-class Agent:
-    def __init__(self, cfg: Config, clock: Clock | None = None, config_version: int = 0) -> None:
+class Agent(StorageMixin):
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock | None = None,
+        config_version: int = 0,
+        config_conflict: str = "",
+    ) -> None:
         self.cfg = cfg
         self.config_version = config_version
         self.clock: Clock = clock if clock is not None else SyncClock()
@@ -175,6 +184,19 @@ class Agent:
         self.remote = RemoteHandler(self, config_version)
         self.last_records: dict[str, dict[str, Any]] = {}
         self.live_now = asyncio.Event()  # a period closed: write the snapshot now
+        self.remote.conflict = config_conflict
+        self.storage = StorageGuard(
+            self.call,
+            lambda: Store(
+                cfg.storage.path,
+                max_mb=cfg.storage.max_mb,
+                sample_retention_days=cfg.storage.sample_retention_days,
+            ),
+            cfg.storage.path,
+            wall=self.clock.wall,
+            mono=self.clock.mono,
+        )
+        self.outbox = GuardedOutbox(self.storage)
 
     # --- helpers ------------------------------------------------------------------
 
@@ -202,45 +224,29 @@ class Agent:
         return sign
 
     async def emit_event(self, ev: dict[str, Any]) -> None:
-        """Store (signed, chained) and queue one event."""
-        assert self.store is not None
+        """Store (signed, chained) and queue one event; kept in memory while the store is
+        out (degraded mode), stored in order once it works again."""
         body = event_body(ev, self.clock.wall())
         log.info("event %s %s", body.get("kind"), body.get("device", ""))
-        await self.call(self.store.add_event, body, f"{self.topic}/event", self.sign_body("event"))
-        if self.uplink is not None:
-            self.uplink.wake()
+        self.storage.queue_event(body)
+        await self.flush_events()
 
     # --- startup --------------------------------------------------------------------
 
     async def open(self) -> None:
         cfg = self.cfg
-        self.store = store = await self.call(
-            lambda: Store(
-                cfg.storage.path,
-                max_mb=cfg.storage.max_mb,
-                sample_retention_days=cfg.storage.sample_retention_days,
-            )
-        )
-        self.boot = await self.call(store.next_boot)
-        await self.remote.load_seen()
+        self.storage.on_open = self.on_store_open
+        await self.storage.open()  # a failure: degraded mode, retried by storage_loop
         for d in cfg.devices:
             spec = driver_spec(d)
             dev = self.pool.add(spec)
             rollover = dev.rollover
-            raw = await self.call(store.load_agg_state, d.name)
-            state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
-            ch = Channel(
-                dev, record_params(cfg, d.name, d.role, rollover, d.poll_s), state, poll_s=d.poll_s
-            )
+            params = record_params(cfg, d.name, d.role, rollover, d.poll_s)
+            ch = Channel(dev, params, agg.AggState.initial(), poll_s=d.poll_s)
             # health: a slow meter is not offline after one missed poll
             dev.offline_after_s = max(dev.offline_after_s, OFFLINE_AFTER * d.poll_s)
-            since = state.boundary if state.boundary is not None else 0.0
-            rows = await self.call(store.samples_since, d.name, float(since))
-            ch.pending = [
-                restored_sample(r.ts, r.values, r.flags) for r in rows if r.ts is not None
-            ]
-            self.meters.seed(d.name, state, ch.pending)
             self.channels[d.name] = ch
+            await self.load_channel(ch)
             if d.role == "actuator" and d.name == cfg.limiter.actuator and isinstance(dev, Device):
                 self.actuator, self.actuator_ch = dev, ch
             if d.role == "heat_meter" and self.meter is None:
@@ -249,7 +255,7 @@ class Agent:
                     regs = dev.spec.profile.registers
                     self.meter_res = {r.name: r.scale for r in regs if r.counter}
         self.lparams = self.limiter_params(cfg)
-        saved: LimiterState | None = await self.call(limiter_store.load, store)
+        _, saved = await self.storage.run("limiter state", limiter_store.load)
         self.lstate = saved or LimiterState.initial()
         if saved is not None:
             log.info("limiter state restored: %s", limiter_store.describe(saved))
@@ -269,12 +275,22 @@ class Agent:
                 keepalive_s=cfg.mqtt.keepalive_s,
             ),
             self.signer,
-            store,
+            self.outbox,
             self.db,
             boot=self.boot,
             on_message=self.on_message,
             subscriptions=[f"{self.topic}/config/set", f"{self.topic}/cmd"],
+            on_refused=self.on_refused,
+            on_event=self.emit_event,
         )
+        if self.remote.conflict:  # a local edit made the remote overlay inapplicable
+            await self.emit_event(
+                {
+                    "kind": "config_conflict",
+                    "overlay_version": self.remote.version,
+                    "reason": self.remote.conflict,
+                }
+            )
         release_free_memory()
         log.info(
             "dh-agent started: site %s, boot %d, %d devices, period %d s",
@@ -387,12 +403,16 @@ class Agent:
             self.release_pending = False
             await self.write_limit(self.lparams.default_pct)
         # timestamps: readings before clock sync are held and restamped later
-        steps = self.stamper.steps
+        steps, accepted = self.stamper.steps, self.stamper.accepted
         stamped = self.stamper.push(r)
-        if self.stamper.steps != steps:
-            await self.emit_event(
-                {"kind": "clock_step", "step_s": round(self.stamper.last_step_s, 3), "t": r.ts}
-            )
+        if self.stamper.steps != steps or self.stamper.accepted != accepted:
+            # readings across a step are placed by the monotonic clock and flagged until
+            # the step is accepted (small and lasting) or the wall clock agrees again
+            action = "accepted" if self.stamper.accepted != accepted else "held"
+            step = round(self.stamper.last_step_s, 3)
+            log.warning("clock step of %+.3f s (%s)", step, action)
+            t = stamped[-1][1] if stamped else None  # on the record time line
+            await self.emit_event({"kind": "clock_step", "step_s": step, "action": action, "t": t})
         for rr, ts, flags in stamped:
             if self.limiting and role == "heat_meter":
                 flags = flags | {"limited"}
@@ -418,6 +438,9 @@ class Agent:
         await self.close_periods(ch)
 
     async def close_periods(self, ch: Channel) -> None:
+        if not ch.loaded and not await self.load_channel(ch):
+            bound_pending(ch.pending, ch.params.period_s)
+            return
         st = ch.state
         if not ch.pending:
             return
@@ -431,17 +454,16 @@ class Agent:
         if not records:
             ch.state = new_state
             return
-        assert self.store is not None
         # the samples behind these records go first, so a crash cannot lose them
         await self.flush_samples()
-        await self.call(
-            self.store.commit_intervals,
-            ch.params.device,
-            new_state.to_json(),
-            records,
-            f"{self.topic}/interval",
-            self.sign_body("interval"),
+        name, state_json = ch.params.device, new_state.to_json()
+        topic, sign = f"{self.topic}/interval", self.sign_body("interval")
+        ok, _ = await self.storage.run(
+            "records", lambda st: st.commit_intervals(name, state_json, records, topic, sign)
         )
+        if not ok:  # degraded: the readings stay pending (bounded) until the store works
+            bound_pending(ch.pending, ch.params.period_s)
+            return
         ch.state = new_state
         b = new_state.boundary
         ch.pending = [s for s in ch.pending if b is None or s.ts > b]
@@ -452,7 +474,12 @@ class Agent:
                 await self.emit_event(ev)
         if ch is self.meter:
             await self.save_limiter()
-            await self.monthly_review(records[-1])
+            try:
+                await self.monthly_review(records[-1])
+            except Exception as e:
+                if not is_storage_error(e):
+                    raise
+                self.storage.failed("contract review", e)
         if self.uplink is not None:
             self.uplink.wake()
 
@@ -509,8 +536,7 @@ class Agent:
     async def save_limiter(self) -> None:
         """The limiter's state to the store (a small meta row): at a period close of its
         meter, with every sample flush, and when an override starts or ends."""
-        if self.store is not None:
-            await self.call(limiter_store.save, self.store, self.lstate)
+        await self.storage.run("limiter state", limiter_store.save, self.lstate)
 
     async def write_limit(self, pct: float) -> None:
         assert self.actuator is not None
@@ -538,21 +564,22 @@ class Agent:
                     return
 
     async def flush_samples(self) -> None:
-        if not self.sample_buf or self.store is None:
+        g = self.storage
+        rows = g.samples + self.sample_buf
+        g.samples, self.sample_buf = [], []
+        if not rows:
             return
-        rows, self.sample_buf = self.sample_buf, []
-        await self.call(self.store.add_samples, rows)
-
-    async def flush_loop(self) -> None:
-        while await self.pause(self.cfg.storage.flush_s):
-            await self.flush_samples()
-            await self.save_limiter()
+        ok, _ = await g.run("samples", lambda st: st.add_samples(rows))
+        if not ok:
+            g.keep_samples(rows)
 
     async def maintenance_loop(self) -> None:
-        assert self.store is not None
         while await self.pause(3600):
-            done = await self.call(self.store.prune, self.clock.wall())
+            now = self.clock.wall()
+            ok, done = await self.storage.run("prune", Store.prune, now)
             release_free_memory()
+            if not ok or done is None:
+                continue
             lost = {k: v for k, v in done.items() if k != "samples" and v}
             if lost:
                 await self.emit_event({"kind": "data_pruned", "lost": lost})
@@ -595,12 +622,11 @@ class Agent:
 
     async def live_loop(self) -> None:
         """Write the live snapshot every ``live.every_s`` and after each closed period."""
-        assert self.store is not None
-        path, store = self.cfg.live.path, self.store
+        path = self.cfg.live.path
         while not self.stopping.is_set():
             try:
-                backlog = await self.call(store.backlog)
-                data = snapshot.dumps(self.snapshot({"interval": 0, "event": 0, **backlog}))
+                _, backlog = await self.storage.run("backlog", Store.backlog)
+                data = snapshot.dumps(self.snapshot({"interval": 0, "event": 0, **(backlog or {})}))
                 await self.call(snapshot.write_atomic, path, data)
             except Exception as e:  # the page is a convenience: never stop the agent
                 ok, n = self.errlog.allow("live", self.clock.mono())
@@ -614,6 +640,8 @@ class Agent:
         assert self.uplink is not None
         while await self.pause(self.cfg.mqtt.telemetry_s):
             body = snapshot.telemetry_body(self.snapshot())
+            body["storage"] = self.storage.state.view()
+            body["refused_subscriptions"] = dict(self.uplink.refused_subscriptions)
             await self.uplink.publish_live("telemetry", "telemetry", body)
 
     async def watchdog_loop(self) -> None:
@@ -644,6 +672,8 @@ class Agent:
                     tg.create_task(self.live_loop(), name="live"),
                     tg.create_task(self.watchdog_loop(), name="watchdog"),
                     tg.create_task(self.announce_loop(), name="announce"),
+                    tg.create_task(self.storage_loop(), name="storage"),
+                    tg.create_task(self.remote.rotation().resume(), name="rotation"),
                 ]
                 for ch in self.channels.values():
                     tasks.append(
@@ -685,8 +715,11 @@ class Agent:
             await asyncio.wait_for(self.pool.close(), 5)
         except Exception as e:
             log.warning("closing the devices: %s", e)
-        if self.store is not None:
-            await self.call(self.store.close)
+        if self.storage.store is not None:
+            try:
+                await self.call(self.storage.store.close)
+            except Exception as e:  # a full disk at the very end: nothing signed is lost
+                log.warning("closing the store: %s", e)
         self.db.shutdown(wait=True)
 
 
@@ -694,8 +727,8 @@ def run_agent(cfg: Config) -> int:
     t0 = time.monotonic()
     cfg, version, problem = apply_overlay(cfg)
     if problem:
-        log.error("remote config overlay ignored: %s", problem)
-    agent = Agent(cfg, config_version=version)
+        log.error("remote config overlay ignored (local file in effect): %s", problem)
+    agent = Agent(cfg, config_version=version, config_conflict=problem)
     asyncio.run(agent.run())
     log.info("stopped after %.0f s", time.monotonic() - t0)
     return 0

@@ -67,6 +67,7 @@ class MemStore:
         self.seqs: dict[str, int] = {}
         self.sent: set[int] = set()
         self.mark_calls = 0
+        self.refused: dict[int, tuple[int, str]] = {}
 
     def next_seq(self, stream: str) -> int:
         with self.lock:
@@ -106,6 +107,12 @@ class MemStore:
         with self.lock:
             self.sent.update(ids)
             self.mark_calls += 1
+
+    def mark_refused(self, items: Sequence[tuple[int, int, str]]) -> None:
+        with self.lock:
+            for mid, code, reason in items:
+                self.sent.add(mid)
+                self.refused[mid] = (code, reason)
 
     def mark_unsent(self, stream: str, from_seq: int, to_seq: int) -> int:
         with self.lock:
@@ -444,6 +451,7 @@ class Seqs:
         return self.n[s] + 40
     def unsent(self, limit, after_id=0): return []
     def mark_sent(self, ids): pass
+    def mark_refused(self, items): pass
 
 async def main():
     up = Uplink(MqttSettings(url=sys.argv[1], topic_prefix="dh/v1", site="site-1"),
@@ -537,7 +545,9 @@ def test_garbage_on_subscribed_topics_never_stops_it(
         finally:
             pub.loop_stop()
             pub.disconnect()
-        await await_until(lambda: len(got) >= 2 * len(garbage), 10, "garbage delivered")
+        # all but the 200 kB ones: MQTT 5 Maximum Packet Size, the broker never sends those
+        await await_until(lambda: len(got) >= 2 * (len(garbage) - 1), 10, "garbage delivered")
+        assert all(len(p) < 100_000 for _, p in got)
         assert up.connected and up.connects == 1
         add(store, signer, "interval", {"after": "garbage"})
         up.wake()
@@ -548,7 +558,7 @@ def test_garbage_on_subscribed_topics_never_stops_it(
 
     try:
         run(main())
-        assert sorted(p for _, p in got) == sorted(garbage * 2)
+        assert sorted(p for _, p in got) == sorted([g for g in garbage if len(g) < 100_000] * 2)
         wait_until(lambda: len(col.on("interval")) == 1, 5, "interval")
     finally:
         col.close()
