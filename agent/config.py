@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.protocol import ROLES
 from drivers.profile import ProfileError, available_profiles, load_profile
 
 SITE_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 DEVICE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
-ROLES = ("heat_meter", "dp_sensor", "actuator")
 
 
 class ConfigError(ValueError):
