@@ -397,7 +397,7 @@ def validate(
         else:
             try:
                 p = load_profile(str(prof), profile_dir)
-                if p.role != vals.get("role"):
+                if "role" in vals and p.role != vals["role"]:  # a bad role: said above
                     problems.append(
                         f"{where}.profile: profile {prof!r} is for role {p.role}, "
                         f"not {vals.get('role')}"
