@@ -76,6 +76,18 @@ REJECT_REASONS: Final = (
     "failed",  # cmd: accepted, but running it failed
 )
 
+# --- interval record flags (``interval`` body ``flags``) --------------------------------------
+
+RECORD_FLAGS: Final[tuple[str, ...]] = (
+    "no_data",  # no reading in the period (the counters are interpolated)
+    "partial",  # readings, but a gap longer than the gap limit
+    "interpolated",  # a boundary's register value bridged across a gap
+    "counter_reset",  # a register went backwards (not a rollover): that step counts 0
+    "meter_error",  # the meter flagged an error, or a register value is missing
+    "clock_unsynced",  # readings taken before the clock was synchronised, restamped
+    "limited",  # the limiter held the valve during the period
+)
+
 # --- event kinds (``event`` body ``kind``) ------------------------------------------------
 
 EVENT_KINDS: Final[tuple[str, ...]] = (
