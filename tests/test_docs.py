@@ -33,6 +33,8 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 import agent
 from agent import protocol
 
@@ -361,3 +363,40 @@ def test_every_docs_page_is_linked_from_the_index() -> None:
     pages = [p for p in sorted(DOCS.rglob("*.md")) if p != DOCS / "README.md"]
     assert [str(p.relative_to(DOCS)) for p in pages if p.resolve() not in linked] == []
     assert {Path(link).name for link in _links(index)} >= PARALLEL_PAGES
+
+
+def test_the_verification_example_in_signing_md_works() -> None:
+    """The joserfc example of docs/signing.md, run against messages the agent signs."""
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from agent.jws import Signer, chain_hash, envelope
+
+    text = (DOCS / "signing.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+    assert len(blocks) == 1
+    ns: dict[str, object] = {}
+    exec(compile(blocks[0], "docs/signing.md", "exec"), ns)
+    check_chain = ns["check_chain"]
+    assert callable(check_chain)
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    pem = signer.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    msgs: list[str] = []
+    for seq in (1, 2, 3):
+        prev = chain_hash(msgs[-1]) if msgs else None
+        body = {"device": "hm1", "n": seq}
+        msgs.append(signer.sign(envelope("sub-1", "interval", seq, prev, time.time(), body)))
+    check_chain(msgs, pem, "sub-1")
+    for bad in ([msgs[0], msgs[2]], [msgs[1], msgs[0]], [msgs[0], msgs[1][:-4] + "AAAA"]):
+        with pytest.raises(Exception):  # noqa: B017 - any failure of the check will do
+            check_chain(bad, pem, "sub-1")
+    other = Signer(Ed25519PrivateKey.generate()).public_key
+    with pytest.raises(Exception):  # noqa: B017
+        check_chain(
+            msgs, other.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo), "sub-1"
+        )
+    with pytest.raises(ValueError, match="not ours"):
+        check_chain(msgs, pem, "sub-2")
