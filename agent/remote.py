@@ -220,7 +220,7 @@ def decide_cmd(
         return reject(f"invalid: cmd: unknown command {str(name)[:32]!r}")
     if name == CMD_RESEND:
         stream, a, z = b.get("stream"), b.get("from_seq"), b.get("to_seq")
-        if stream not in CHAINED_STREAMS:
+        if not isinstance(stream, str) or stream not in CHAINED_STREAMS:  # JSON: maybe a list
             return reject("invalid: stream: must be interval or event")
         for key, n in (("from_seq", a), ("to_seq", z)):
             if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n < 2**63:
