@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="start", required=True, type=_iso)
     s.add_argument("--to", dest="end", required=True, type=_iso)
     s.add_argument("--format", choices=["csv", "json"], default="csv")
-    s.add_argument("--device", default=None)
+    s.add_argument("--device", default=None, help="only this device's records")
 
     s = sub.add_parser("status", help="short summary from the local store")
     s.add_argument("--config", required=True, type=Path)
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = _load_config(args.config)
         store = _open_readonly(cfg.storage.path)
         try:
-            export_records(store, args.start, args.end, args.format, sys.stdout)
+            export_records(store, args.start, args.end, args.format, sys.stdout, args.device)
         finally:
             store.close()
         return 0

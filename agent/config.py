@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.plausibility import PlausibilityParams
+from agent.protocol import ROLES
 from drivers.mbus_map import available_mbus_profiles
 from drivers.profile import ProfileError, available_profiles, load_profile
 
 SITE_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 DEVICE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 USER_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]{1,64}$")  # [web] user: no colon (basic auth)
-ROLES = ("heat_meter", "dp_sensor", "actuator")
 
 
 class ConfigError(ValueError):
@@ -534,7 +534,7 @@ def validate(
         else:
             try:
                 p = load_profile(str(prof), profile_dir)
-                if p.role != vals.get("role"):
+                if "role" in vals and p.role != vals["role"]:  # a bad role: said above
                     problems.append(
                         f"{where}.profile: profile {prof!r} is for role {p.role}, "
                         f"not {vals.get('role')}"

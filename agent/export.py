@@ -70,7 +70,6 @@ _RANK = {k: i for i, k in enumerate(COLUMNS)}
 END_OF: dict[str, str] = {
     "device_online": "device_offline",
     "flow_limit_released": "flow_limit_enforced",
-    "power_limit_released": "power_limit_enforced",
 }
 START_KINDS_EXTRA = frozenset({"device_offline", "limiter_failsafe", "flow_limit_enforced"})
 

@@ -37,9 +37,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from agent.protocol import CHAINED_STREAMS as CHAINED_STREAMS  # re-exported
+
 ALG = "Ed25519"
 ACCEPTED_ALGS = frozenset({"Ed25519", "EdDSA"})
-CHAINED_STREAMS = frozenset({"interval", "event"})
 ENVELOPE_VERSION = 1
 MAX_COMPACT_LEN = 1 << 20
 
@@ -96,12 +97,6 @@ def thumbprint(pub: Ed25519PublicKey) -> str:
     x = b64u_encode(pub.public_bytes(Encoding.Raw, PublicFormat.Raw))
     jwk = {"crv": "Ed25519", "kty": "OKP", "x": x}
     return b64u_encode(hashlib.sha256(_json(jwk, sort=True)).digest())
-
-
-def public_jwk(pub: Ed25519PublicKey) -> dict[str, str]:
-    """The public key as a JWK (RFC 8037), with its kid."""
-    x = b64u_encode(pub.public_bytes(Encoding.Raw, PublicFormat.Raw))
-    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": thumbprint(pub)}
 
 
 def rfc3339(ts: float) -> str:

@@ -23,10 +23,6 @@ class Notifier:
             int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and ok_pid else None
         )
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, state: str) -> bool:
         if self.address is None:
             return False

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any, TextIO
 
 from agent.config import Config, DeviceCfg
 from drivers.clock_sys import SystemClock
 from drivers.device import AnyDevice, DevicePool, DeviceSpec
 from drivers.mbus_device import MbusDevice, MbusSpec
-from drivers.profile import load_profile
+from drivers.profile import Profile, Register, load_profile
 from drivers.types import Clock, Reading
 
 
@@ -56,7 +57,43 @@ def _modbus_spec(d: DeviceCfg) -> DeviceSpec:
     )
 
 
+F32_DIGITS = 7  # significant decimal digits a 32-bit float carries
+
+
+def _decimals(x: float) -> int:
+    """Decimal places needed to write ``x`` exactly (up to 9), e.g. 0.001 -> 3, 1 -> 0."""
+    for d in range(10):
+        if math.isclose(x, round(x, d), rel_tol=0.0, abs_tol=1e-12):
+            return d
+    return 9
+
+
+def precise(v: float, reg: Register | None) -> float:
+    """A register value with the precision the register has, without float noise:
+    integer registers to the decimals of their scale and offset (0.1 kWh steps: one
+    decimal), 32-bit floats to 7 significant digits. Values of no register as they are."""
+    if reg is None or not math.isfinite(v):
+        return v
+    if reg.type == "f32":
+        return v if v == 0 else float(f"{v:.{F32_DIGITS}g}")
+    return round(v, max(_decimals(reg.scale), _decimals(reg.offset)))
+
+
+def values_json(values: dict[str, Any], profile: Profile | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        obj = v.to_json()
+        if isinstance(obj.get("value"), float):
+            obj["value"] = precise(
+                obj["value"],
+                profile.register(k) if profile is not None and profile.has(k) else None,
+            )
+        out[k] = obj
+    return out
+
+
 def reading_json(r: Reading, dev: AnyDevice) -> dict[str, Any]:
+    prof = dev.spec.profile
     out = {
         "name": r.device,
         "role": r.role,
@@ -65,7 +102,7 @@ def reading_json(r: Reading, dev: AnyDevice) -> dict[str, Any]:
         "ts": r.ts,
         "clock_synced": r.synced,
         "error": r.error,
-        "values": {k: v.to_json() for k, v in r.values.items()},
+        "values": values_json(dict(r.values), prof if isinstance(prof, Profile) else None),
         "counters": dict(dev.counters),
     }
     if isinstance(dev, MbusDevice):  # the meter's identity and stored (billing-date) values

@@ -24,7 +24,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,22 +34,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent import limiter_override
 from agent.config import Config, merge_remote, remote_view, validate
 from agent.jws import JWSError, verify
+from agent.protocol import CHAINED_STREAMS, CMD_RESEND, COMMANDS
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEPTH = 32
 CMD_WINDOW_S = 600.0
-COMMANDS = ("resend", "poll_now", "rotate_key", "limit_override")
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     ack: dict[str, Any]
     accepted: bool
-    doc: dict[str, Any] | None = None  # config: the merged document to apply
     config: Config | None = None  # config: the validated result
     version: int | None = None
     command: dict[str, Any] | None = None  # cmd: the accepted body
-    envelope: dict[str, Any] = field(default_factory=dict)
 
 
 def _b64d(s: str) -> bytes:
@@ -186,10 +184,8 @@ def decide_config(
     return Decision(
         {"version": version, "result": "applied", "reason": ""},
         True,
-        doc=merged,
         config=cfg,
         version=version,
-        envelope=env,
     )
 
 
@@ -226,9 +222,9 @@ def decide_cmd(
         return reject("replayed: id already used")
     if name not in COMMANDS:
         return reject(f"invalid: cmd: unknown command {str(name)[:32]!r}")
-    if name == "resend":
+    if name == CMD_RESEND:
         stream, a, z = b.get("stream"), b.get("from_seq"), b.get("to_seq")
-        if stream not in ("interval", "event"):
+        if not isinstance(stream, str) or stream not in CHAINED_STREAMS:  # JSON: maybe a list
             return reject("invalid: stream: must be interval or event")
         for key, n in (("from_seq", a), ("to_seq", z)):
             if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n < 2**63:
@@ -240,9 +236,7 @@ def decide_cmd(
         _, why = limiter_override.parse(b, now)
         if why:
             return reject(why)
-    return Decision(
-        {"id": cid, "result": "done", "reason": ""}, True, command=dict(b), envelope=env
-    )
+    return Decision({"id": cid, "result": "done", "reason": ""}, True, command=dict(b))
 
 
 # --- persistence -----------------------------------------------------------------------

@@ -48,19 +48,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.jws import CHAINED_STREAMS, JWSError, chain_hash, header_kid, thumbprint, verify
 from agent.keys import load_public
+from agent.protocol import TOPIC_STREAMS
 
-# subtopic -> the stream its envelope must name
-TOPIC_STREAMS: dict[str, str] = {
-    "status": "status",
-    "telemetry": "telemetry",
-    "interval": "interval",
-    "event": "event",
-    "config/set": "config",
-    "config/current": "config",
-    "config/ack": "ack",
-    "cmd": "cmd",
-    "cmd/ack": "ack",
-}
 OPERATOR_TOPICS = frozenset({"config/set", "cmd"})
 MAX_REMEMBERED = 100_000
 _TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

@@ -2,8 +2,17 @@
 # The project's test command (README, .ci/run): installs what it needs (python3-venv and
 # mosquitto via apt when missing, the venv), then ruff, mypy and pytest over the whole
 # tree. Extra arguments go to pytest.
+#
+#   bash tests/run.sh           the full suite (README and CI run this)
+#   bash tests/run.sh --fast    lint, types, unit and property tests only: pytest -m
+#                               "not slow and not integration" (docs/development.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+FAST=0
+if [[ "${1:-}" == "--fast" ]]; then
+    FAST=1
+    shift
+fi
 bash tests/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
 SRC=(agent drivers simulator bench tests)
@@ -13,4 +22,8 @@ ruff format --check "${SRC[@]}"
 echo "== mypy"
 mypy "${SRC[@]}"
 echo "== pytest"
-pytest -q tests "$@"
+if ((FAST)); then
+    pytest -q -m "not slow and not integration" tests "$@"
+else
+    pytest -q tests "$@"
+fi

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the whole system for 30 s
+
 BIN = Path(sys.executable).parent
 
 

@@ -9,7 +9,7 @@ import os
 import socket
 import time
 import tty
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
@@ -21,13 +21,10 @@ from drivers.profile import load_profile
 from drivers.types import Health, Quality, Reading
 from simulator.rtu import request_length
 from simulator.server import SimServer
+from tests.support.aio import run
 
 T = TypeVar("T")
 UNITS = {1: "sim-heat-meter", 2: "sim-dp-sensor", 3: "sim-actuator"}
-
-
-def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(coro_fn(), 120))
 
 
 def health(dev: Device) -> Health:
@@ -99,7 +96,7 @@ def test_every_role_over_tcp_and_rtu() -> None:
             finally:
                 await pool.close()
 
-    run(main)
+    run(main(), 120)
 
 
 # --- actuator write read back ------------------------------------------------------------------
@@ -130,7 +127,7 @@ def test_actuator_limit_write_read_back(transport: str) -> None:
             finally:
                 await dev.close()
 
-    run(main)
+    run(main(), 120)
 
 
 # --- faults: counters match what the simulator injected ---------------------------------------
@@ -201,7 +198,7 @@ def test_faults_scenario_counters_match_injected() -> None:
             print("rtu faults", dict(srtu.faults), {k: total(rtu, k) for k in rtu[0].counters})
             print("tcp faults", dict(stcp.faults), {k: total(tcp, k) for k in tcp[0].counters})
 
-    run(main)
+    run(main(), 120)
 
 
 # --- one request at a time on a shared RTU line -------------------------------------------------
@@ -291,7 +288,7 @@ def test_devices_on_one_rtu_line_never_interleave() -> None:
             finally:
                 tap.close()
 
-    shared, unshared = run(main)
+    shared, unshared = run(main(), 120)
     assert shared == 0
     assert unshared > 0
 
@@ -369,7 +366,7 @@ def test_bad_frames_are_counted_and_skipped() -> None:
             await dev.close()
             slave.close()
 
-    run(main)
+    run(main(), 120)
 
 
 def test_unconfirmed_block_rejected_by_device_is_left_out() -> None:
@@ -399,7 +396,7 @@ def test_unconfirmed_block_rejected_by_device_is_left_out() -> None:
             await dev.close()
             slave.close()
 
-    run(main)
+    run(main(), 120)
 
 
 def test_tcp_refused_goes_offline_without_raising() -> None:
@@ -420,7 +417,7 @@ def test_tcp_refused_goes_offline_without_raising() -> None:
         finally:
             await dev.close()
 
-    run(main)
+    run(main(), 120)
 
 
 def test_rs485_mode_refused_by_a_pty_is_an_error() -> None:
@@ -437,7 +434,7 @@ def test_rs485_mode_refused_by_a_pty_is_an_error() -> None:
             assert bus.silence_s == pytest.approx(3.5 * 10 / 9600)
             await bus.close()
 
-    run(main)
+    run(main(), 120)
 
 
 def test_pool_rejects_conflicting_line_settings() -> None:
@@ -450,4 +447,4 @@ def test_pool_rejects_conflicting_line_settings() -> None:
             pool.add(spec("a", 2, "rtu", "/dev/ttyX0"))
         await pool.close()
 
-    run(main)
+    run(main(), 120)

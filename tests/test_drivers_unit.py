@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.device import (
+    BACKOFF_MAX_S,
+    BACKOFF_S,
     OFFLINE_AFTER,
     OFFLINE_AFTER_S,
     BlockDecoder,
@@ -145,7 +147,10 @@ def test_health_success_resets_failures() -> None:
 
 def test_backoff_grows_and_is_capped() -> None:
     waits = [backoff_s(i) for i in range(1, 10)]
-    assert waits == sorted(waits) and waits[0] > 0 and waits[-1] <= 1.0
+    assert waits[0] == BACKOFF_S > 0
+    # each pause doubles the one before until the cap, then stays there
+    assert waits == [min(BACKOFF_S * 2 ** (i - 1), BACKOFF_MAX_S) for i in range(1, 10)]
+    assert waits[1] == 2 * waits[0] and waits[-1] == BACKOFF_MAX_S <= 1.0
 
 
 # --- the Kamstrup profile -------------------------------------------------------------------

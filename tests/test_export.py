@@ -177,6 +177,19 @@ def test_json_export_through_the_cli(site: Path, capsys: pytest.CaptureFixture[s
     assert json.loads(empty) == []
 
 
+def test_export_of_one_device(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["export", "--config", str(site), "--from", "2025-01-01T00:00:00Z",
+            "--to", "2025-01-02T00:00:00Z", "--format", "json"]  # fmt: skip
+    assert json.loads(run_cli([*args, "--device", "hm1"], capsys)) == [
+        hm_record(i) for i in range(6)
+    ]
+    rows = list(
+        csv.DictReader(io.StringIO(run_cli([*args[:-1], "csv", "--device", "dp1"], capsys)))
+    )
+    assert [r["device"] for r in rows] == ["dp1"] * 6
+    assert json.loads(run_cli([*args, "--device", "nosuch"], capsys)) == []
+
+
 def test_export_through_the_installed_command(site: Path) -> None:
     p = subprocess.run(
         [str(BIN / "dh-agent"), "export", "--config", str(site), "--from", "2025-01-01T05:00:00Z",

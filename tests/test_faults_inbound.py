@@ -16,8 +16,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.jws import Signer
 from agent.remote import decide_cmd, decide_config
 from agent.uplink_conn import INBOX_SIZE, MAX_INBOUND_BYTES
+from tests.support.aio import await_until
 from tests.support.mosquitto import Mosquitto
-from tests.test_uplink import BASE, MemStore, await_until, ex, make_uplink, signer
+from tests.support.uplink_kit import BASE, MemStore, make_uplink
+from tests.test_uplink import ex, signer
 
 __all__ = ["ex", "signer"]  # the fixtures
 

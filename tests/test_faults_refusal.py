@@ -17,8 +17,9 @@ from agent.jws import Signer
 from agent.store import Store
 from agent.uplink import MqttSettings, Uplink
 from agent.uplink_drain import Refusal, classify, hold_delay
+from tests.support.aio import await_until
 from tests.support.mosquitto import Mosquitto, mosquitto_binary
-from tests.test_uplink import BASE, PREFIX, SITE, Collector, await_until, check_stream
+from tests.support.uplink_kit import BASE, PREFIX, SITE, Collector, check_stream
 from tests.test_uplink_store import append
 
 # anonymous clients (the agent and the collector): everything under the site but the

@@ -19,6 +19,8 @@ import pytest
 
 from agent.keys import load_private
 
+pytestmark = pytest.mark.integration  # runs systemd/install.sh into temporary roots
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "systemd" / "install.sh"
 BIN = Path(sys.executable).parent

@@ -133,6 +133,11 @@ def test_cmd_rules() -> None:
     rs.update(from_seq=1, to_seq=10)
     d = dec(msg(rs, stream="cmd"))
     assert d.accepted and d.command is not None and d.command["to_seq"] == 10
+    for stream in (["interval"], {"s": 1}, None, 7, "status"):  # JSON of any shape
+        bad = {**rs, "id": f"a6-{stream!r}", "stream": stream}
+        assert dec(msg(bad, stream="cmd")).ack["reason"] == (
+            "invalid: stream: must be interval or event"
+        )
 
 
 def test_overlay_persists_and_replays_stale(cfg: Config, tmp_path: Path) -> None:

@@ -107,11 +107,14 @@ def test_dh_sim_rtu_only_and_default() -> None:
 
 
 def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as bad_scenario:
         main(["--scenario", "nope"])
-    with pytest.raises(SystemExit):
+    assert bad_scenario.value.code == 2  # argparse's usage error
+    with pytest.raises(SystemExit) as bad_tcp:
         main(["--tcp", "no-port"])
+    assert bad_tcp.value.code == 2
     assert main(["--watchdog-s", "0"]) == 2
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as helped:
         main(["--help"])
+    assert helped.value.code == 0
     assert "127.0.0.1:0" in capsys.readouterr().out

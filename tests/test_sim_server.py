@@ -18,6 +18,7 @@ from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from simulator.rtu import crc_ok, with_crc
 from simulator.scenarios import get_scenario
 from simulator.server import SimServer
+from tests.support.aio import run
 
 T = TypeVar("T")
 
@@ -50,10 +51,6 @@ class FastClock:
 
     def synced(self) -> bool:
         return True
-
-
-def run(coro_fn: Callable[[], Any]) -> Any:
-    return asyncio.run(coro_fn())
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
@@ -95,7 +92,7 @@ def test_tcp_live_values_writes_and_truth(tmp_path: Path) -> None:
             assert sim.plant.valve_limit_pct == 100.0
             assert not sim.plant.limit_active
 
-    run(main)
+    run(main())
     lines = [json.loads(x) for x in truth.read_text().splitlines()]
     assert len(lines) >= 20
     ts = [ln["t"] for ln in lines]
@@ -154,7 +151,7 @@ def test_tcp_faults_match_injected() -> None:
                 assert seen[kind] > 0, (kind, seen)
             assert sim.faults["bad_crc"] == 0
 
-    run(main)
+    run(main())
 
 
 def _rtu_exchange(port: serial.Serial, frame: bytes) -> bytes:
@@ -230,7 +227,7 @@ def test_rtu_pty_plain_client_and_faults(tmp_path: Path) -> None:
 
         return Counter(sim.faults)
 
-    injected: Counter[str] = run(main)
+    injected: Counter[str] = run(main())
     lines = [json.loads(x) for x in truth.read_text().splitlines()]
     total: Counter[str] = Counter()
     for ln in lines:

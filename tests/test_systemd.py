@@ -25,6 +25,8 @@ import pytest
 from tests.support.mosquitto import Mosquitto, mosquitto_binary
 from tests.support.rig import simulator, write_config
 
+pytestmark = pytest.mark.integration  # systemd-analyze, strace, the agent under the unit
+
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "dh-agent.service"
 BIN = Path(sys.executable).parent

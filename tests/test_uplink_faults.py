@@ -18,16 +18,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.jws import Signer
-from tests.support.mosquitto import Mosquitto, free_port
-from tests.test_uplink import (
-    Collector,
-    MemStore,
-    add,
-    await_until,
-    check_stream,
-    make_uplink,
-    wait_until,
-)
+from tests.support.aio import await_until, wait_until
+from tests.support.mosquitto import Mosquitto
+from tests.support.net import free_port
+from tests.support.uplink_kit import Collector, MemStore, add, check_stream, make_uplink
 
 
 def test_silent_broker_fails_the_session_and_nothing_is_lost(

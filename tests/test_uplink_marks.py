@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from agent.jws import Signer, b64u_decode
+from tests.support.aio import await_until
 from tests.support.mosquitto import Mosquitto
-from tests.test_uplink import Collector, MemStore, add, await_until, ex, make_uplink, signer
+from tests.support.uplink_kit import Collector, MemStore, add, make_uplink
+from tests.test_uplink import ex, signer
 
 __all__ = ["ex", "signer"]  # the fixtures
 

@@ -20,17 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.jws import Signer, envelope
 from agent.keys import keygen, load_private
 from agent.uplink import MqttSettings, Uplink
+from tests.support.aio import await_until, wait_until
 from tests.support.mosquitto import Mosquitto
-from tests.test_uplink import (
-    BASE,
-    PREFIX,
-    SITE,
-    Collector,
-    await_until,
-    check_stream,
-    jose_payload,
-    wait_until,
-)
+from tests.support.uplink_kit import BASE, PREFIX, SITE, Collector, check_stream, jose_payload
 
 store_mod = pytest.importorskip("agent.store")
 ROOT = Path(__file__).resolve().parents[1]

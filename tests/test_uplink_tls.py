@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.jws import Signer
 from agent.uplink import MqttSettings, Uplink
 from agent.verify import verify_async
+from tests.support.aio import await_until
 from tests.support.mosquitto import Mosquitto, mosquitto_binary
-from tests.test_uplink import PREFIX, SITE, Collector, MemStore, add, await_until, check_stream
+from tests.support.uplink_kit import PREFIX, SITE, Collector, MemStore, add, check_stream
 
 
 @pytest.fixture

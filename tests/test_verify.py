@@ -19,8 +19,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.jws import Signer, chain_hash, envelope
 from agent.keys import keygen, load_private
 from agent.verify import Checker
+from tests.support.aio import await_until
 from tests.support.mosquitto import Mosquitto, mosquitto  # noqa: F401
-from tests.test_uplink import MemStore, add, await_until, make_uplink
+from tests.support.uplink_kit import MemStore, add, make_uplink
 
 SITE = "site-1"
 BASE = f"dh/v1/{SITE}"
@@ -216,7 +217,7 @@ def test_verify_command_against_a_live_uplink(
 
 def test_verify_exit_codes(tmp_path: Path) -> None:
     from agent.verify import run_verify
-    from tests.support.mosquitto import free_port
+    from tests.support.net import free_port
 
     keygen(tmp_path)
     t0 = time.monotonic()
