@@ -92,6 +92,7 @@ RECORD_FLAGS: Final[tuple[str, ...]] = (
     "meter_error",  # the meter flagged an error, or a register value is missing
     "clock_unsynced",  # readings taken before the clock was synchronised, restamped
     "limited",  # the limiter held the valve during the period
+    "meter_replaced",  # the first record of a new meter's series (the old one ended)
 )
 
 # --- event kinds (``event`` body ``kind``) ------------------------------------------------
@@ -126,4 +127,29 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     "key_rotated",
     "clock_step",
     "data_pruned",
+    "config_conflict",
+    # meter identity (agent.meters)
+    "meter_replaced",
+    "meter_stored_values",
+    # limiter modes (agent.limiter_events, agent.commands)
+    "return_limit_engaged",
+    "return_limit_released",
+    "limit_override_start",
+    "limit_override_end",
+    # measurement plausibility, terms 6.9-6.10 (agent.plausibility)
+    "meter_drift_suspected",
+    "meter_drift_end",
+    "temp_sensors_swapped",
+    "temp_sensors_swapped_end",
+    "temp_sensor_fault",
+    "temp_sensor_fault_end",
+    "flow_sensor_stuck",
+    "flow_sensor_stuck_end",
+    "meter_register_decrease",
+    # storage and uplink faults (agent.degraded, agent.uplink)
+    "message_refused",
+    "subscription_refused",
+    "storage_degraded",
+    "storage_recovered",
+    "storage_replaced",
 )
