@@ -199,26 +199,6 @@ class Agent:
         )
         self.boot = await self.call(store.next_boot)
         await self.remote.load_seen()
-        for d in cfg.devices:
-            spec = device_spec(d)
-            dev = self.pool.add(spec)
-            rollover = {r.name: r.rollover for r in spec.profile.registers if r.rollover}
-            raw = await self.call(store.load_agg_state, d.name)
-            state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
-            ch = Channel(dev, record_params(cfg, d.name, d.role, rollover), state, poll_s=d.poll_s)
-            since = state.boundary if state.boundary is not None else 0.0
-            rows = await self.call(store.samples_since, d.name, float(since))
-            ch.pending = [
-                agg.Sample(ts=r.ts, values=r.values, flags=frozenset(r.flags))
-                for r in rows
-                if r.ts is not None
-            ]
-            self.channels[d.name] = ch
-            if d.role == "actuator" and d.name == cfg.limiter.actuator:
-                self.actuator = dev
-            if d.role == "heat_meter" and self.meter is None:
-                self.meter = ch
-        self.lparams = self.limiter_params(cfg)
         self.uplink = Uplink(
             MqttSettings(
                 url=cfg.mqtt.url,
@@ -241,6 +221,32 @@ class Agent:
             on_message=self.on_message,
             subscriptions=[f"{self.topic}/config/set", f"{self.topic}/cmd"],
         )
+
+    async def open_devices(self) -> None:
+        """The devices and their record channels: after the uplink's first connect, so
+        start-up imports (the Modbus stack) do not delay the first publish."""
+        cfg, store = self.cfg, self.store
+        assert store is not None
+        for d in cfg.devices:
+            spec = device_spec(d)
+            dev = self.pool.add(spec)
+            rollover = {r.name: r.rollover for r in spec.profile.registers if r.rollover}
+            raw = await self.call(store.load_agg_state, d.name)
+            state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
+            ch = Channel(dev, record_params(cfg, d.name, d.role, rollover), state, poll_s=d.poll_s)
+            since = state.boundary if state.boundary is not None else 0.0
+            rows = await self.call(store.samples_since, d.name, float(since))
+            ch.pending = [
+                agg.Sample(ts=r.ts, values=r.values, flags=frozenset(r.flags))
+                for r in rows
+                if r.ts is not None
+            ]
+            self.channels[d.name] = ch
+            if d.role == "actuator" and d.name == cfg.limiter.actuator:
+                self.actuator = dev
+            if d.role == "heat_meter" and self.meter is None:
+                self.meter = ch
+        self.lparams = self.limiter_params(cfg)
         release_free_memory()
         log.info(
             "dh-agent started: site %s, boot %d, %d devices, period %d s",
@@ -513,6 +519,14 @@ class Agent:
 
     # --- lifecycle ------------------------------------------------------------------
 
+    async def first_connect(self, limit: float) -> None:
+        """Until the uplink's first connection attempt has ended (connected or failed),
+        at most ``limit`` seconds."""
+        up, end = self.uplink, self.clock.mono() + limit
+        while up is not None and not (up.connected or up.last_error) and await self.pause(0.01):
+            if self.clock.mono() >= end:
+                return
+
     async def run(self) -> None:
         await self.open()
         assert self.uplink is not None
@@ -522,8 +536,10 @@ class Agent:
                 loop.add_signal_handler(sig, self.stopping.set)
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self.uplink.run(), name="uplink"),
+                tasks = [tg.create_task(self.uplink.run(), name="uplink")]
+                await self.first_connect(3.0)
+                await self.open_devices()
+                tasks += [
                     tg.create_task(self.flush_loop(), name="flush"),
                     tg.create_task(self.maintenance_loop(), name="maintenance"),
                     tg.create_task(self.telemetry_loop(), name="telemetry"),

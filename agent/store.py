@@ -59,11 +59,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from agent.jws import CHAINED_STREAMS, b64u_decode, b64u_encode, chain_hash
+
+if TYPE_CHECKING:  # imported where a migration runs: sqlite-utils costs ~4 MB of RSS
+    import sqlite_utils
 
 log = logging.getLogger("dh.store")
 
@@ -245,7 +246,7 @@ def _m1_base(db: sqlite_utils.Database) -> None:
     db.table("sample_blocks").create_index(["device", "ts_max"])
 
 
-Migration = Callable[[sqlite_utils.Database], None]
+Migration = Callable[["sqlite_utils.Database"], None]
 MIGRATIONS: list[Migration] = [_m1_base]
 
 
@@ -253,12 +254,16 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] | None = N
     """Bring the database up to ``len(migrations)``; each step is one transaction. Returns
     the resulting version. A database newer than the code is refused (StoreError)."""
     steps = MIGRATIONS if migrations is None else migrations
-    db = sqlite_utils.Database(conn, execute_plugins=False)
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > len(steps):
         raise StoreError(
             f"database schema version {version} is newer than this agent ({len(steps)})"
         )
+    if version == len(steps):
+        return version
+    import sqlite_utils  # only here: an up-to-date database never loads it
+
+    db = sqlite_utils.Database(conn, execute_plugins=False)
     for i in range(version, len(steps)):
         conn.execute("BEGIN IMMEDIATE")
         try:

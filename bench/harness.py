@@ -87,6 +87,7 @@ class Rig:
         self.broker = Broker(self.work)
         self.sim: subprocess.Popen[str] | None = None
         self.agent: subprocess.Popen[bytes] | None = None
+        self.bare: subprocess.Popen[bytes] | None = None
         self.config = self.work / "agent.toml"
 
     def __enter__(self) -> Rig:
@@ -106,7 +107,8 @@ class Rig:
             text=True,
         )
         assert self.sim.stdout is not None
-        host, port = json.loads(self.sim.stdout.readline())["tcp"].rsplit(":", 1)
+        self.sim_addr: str = json.loads(self.sim.stdout.readline())["tcp"]
+        host, port = self.sim_addr.rsplit(":", 1)
         for name in ("agent", "operator"):
             subprocess.run(
                 [str(BIN / "dh-agent"), "keygen", "--out", str(self.work), "--name", name],
@@ -132,6 +134,23 @@ class Rig:
         )
         return self.agent
 
+    def start_bare(self) -> subprocess.Popen[bytes]:
+        """The bare pymodbus + paho baseline (bench/bare_agent.py) on the same simulator
+        and broker, publishing its telemetry beside the agent's."""
+        self.bare = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.bare_agent",
+                self.sim_addr,
+                str(self.broker.port),
+                "dh/v1/bench-1/bare-telemetry",
+            ],
+            stdout=(self.work / "bare.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        return self.bare
+
     def stop_agent(self) -> int | None:
         if self.agent is None or self.agent.poll() is not None:
             return self.agent.returncode if self.agent else None
@@ -146,6 +165,9 @@ class Rig:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop_agent()
+        if self.bare is not None and self.bare.poll() is None:
+            self.bare.terminate()
+            self.bare.wait(10)
         if self.sim is not None:
             self.sim.terminate()
             self.sim.wait(10)
