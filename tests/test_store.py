@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import agent.store as store_mod
+import agent.store_schema as schema_mod
 from agent.events import rfc3339
 from agent.jws import Signer, chain_hash, envelope, verify
 from agent.store import (
@@ -127,7 +128,7 @@ def test_a_new_migration_runs_once_and_keeps_the_data(
         d.table("notes").create({"id": int, "text": str}, pk="id")
 
     n = len(store_mod.MIGRATIONS)
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, m_extra])
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, m_extra])
     for _ in range(2):
         st = Store(db)
         assert st.schema_version == n + 1
@@ -149,7 +150,7 @@ def test_a_failing_migration_changes_nothing(
         raise RuntimeError("boom")
 
     n = len(store_mod.MIGRATIONS)
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, broken])
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, broken])
     with pytest.raises(RuntimeError, match="boom"):
         Store(db)
     c = sqlite3.connect(db)

@@ -1,0 +1,143 @@
+"""The store's connection and plumbing: opening (WAL, migrations, the lookup caches), the
+single-writer-thread check, transactions, close, and the ``meta`` table. ``agent.store.Store``
+builds on it (see there for the schema and durability rules)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Self
+
+from agent import store_schema
+from agent.store_schema import StoreError
+
+
+class StoreCore:
+    def __init__(
+        self,
+        path: Path | str,
+        max_mb: float = 512.0,
+        sample_retention_days: float = 14.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.max_mb = float(max_mb)
+        self.retention_s = float(sample_retention_days) * 86400.0
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._owner = threading.get_ident()
+        self.conn = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        c = self.conn
+        mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{self.path}: cannot use WAL mode (got {mode})")
+        c.execute("PRAGMA synchronous=NORMAL")
+        c.execute("PRAGMA foreign_keys=OFF")
+        c.execute("PRAGMA busy_timeout=30000")
+        c.execute("PRAGMA cache_size=-2000")  # 2 MB page cache (SQLite default): RSS on a small box
+        self.schema_version = store_schema.migrate(c)
+        self._zdict: dict[int, bytes] = {
+            int(i): bytes(d) for i, d in c.execute("SELECT id, dict FROM zdicts")
+        }
+        self._headers: dict[str, int] = {}
+        self._header_text: dict[int, str] = {}
+        for i, b in c.execute("SELECT id, b64 FROM jws_headers"):
+            self._headers[str(b)] = int(i)
+            self._header_text[int(i)] = str(b)
+        self._topics: dict[str, int] = {}
+        self._topic_text: dict[int, str] = {}
+        for i, t in c.execute("SELECT id, topic FROM topics"):
+            self._topics[str(t)] = int(i)
+            self._topic_text[int(i)] = str(t)
+        self._shapes: dict[str, int] = {
+            str(k): int(i) for i, k in c.execute("SELECT id, keys FROM shapes")
+        }
+        # live streams: next seq to hand out and the durable reservation limit
+        self._live: dict[str, tuple[int, int]] = {}
+        self._tips: dict[str, tuple[int, str]] = {}  # chained stream -> (seq, chain hash)
+        self._closed = False
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+        if threading.get_ident() != self._owner:
+            raise StoreError("Store used from a thread other than its single writer thread")
+
+    @contextmanager
+    def _txn(self, durable: bool) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``durable``: fsync the WAL at its commit."""
+        c = self.conn
+        if durable:
+            c.execute("PRAGMA synchronous=FULL")
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        finally:
+            if durable:
+                c.execute("PRAGMA synchronous=NORMAL")
+
+    def _zd(self) -> bytes:
+        return self._zdict[1]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._check()
+        # live streams: give back the unused rest of each reserved block
+        if self._live:
+            with self._txn(durable=True) as c:
+                for stream, (nxt, _limit) in self._live.items():
+                    c.execute("UPDATE seqs SET last = ? WHERE stream = ?", (nxt - 1, stream))
+            self._live.clear()
+        try:
+            self.conn.execute("PRAGMA optimize")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.conn.close()
+        self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- meta -----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        self._check()
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._check()
+        with self._txn(durable=True) as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def next_boot(self) -> int:
+        """1, 2, 3 ...: one more at every start, durable."""
+        self._check()
+        with self._txn(durable=True) as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
+            boot = (int(row[0]) if row else 0) + 1
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('boot', ?)", (str(boot),))
+        return boot
+
+    def boot(self) -> int:
+        """The current boot count (0 before the first start)."""
+        v = self.get_meta("boot")
+        return int(v) if v else 0
