@@ -4,9 +4,12 @@ a small gateway and delays the first publish. Each check runs in a fresh interpr
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 HEAVY = ("sqlite_utils", "click", "pymodbus", "rich", "amqtt")
 
@@ -40,3 +43,18 @@ def test_tcp_device_loads_pymodbus_when_created() -> None:
         "asyncio.run(main())"
     )
     assert "pymodbus" in mods
+
+
+def test_clock_sync_check_spawns_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``synced()`` is asked every few seconds: it must not run ``ldconfig`` (as
+    ``ctypes.util.find_library`` does) or any other child process."""
+    from agent import clock
+
+    def no_spawn(*a: object, **k: object) -> None:
+        raise AssertionError("a child process was started")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_spawn)
+    monkeypatch.setattr(os, "posix_spawn", no_spawn)
+    for _ in range(3):
+        assert clock.kernel_synced() in (True, False)  # Linux: adjtimex answers
+        assert clock.SyncClock("ntp", recheck_s=0.0).synced() in (True, False)
