@@ -296,7 +296,7 @@ class Agent:
         """Publish the retained config/current on every (re)connection."""
         assert self.uplink is not None
         was = False
-        while await self.pause(0.2):
+        while await self.pause(1.0):  # a reconnection is noticed within a second
             now = self.uplink.connected
             if now and not was:
                 await self.remote.publish_current()

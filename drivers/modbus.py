@@ -425,7 +425,8 @@ class TcpBus(Bus):
 
     async def _execute(self, call: Callable[[], Any], timeout: float) -> Any:
         async with self.lock:
-            await self._ensure_connected(timeout)
+            if not self.client.connected:
+                await self._ensure_connected(timeout)
             self._params.timeout_connect = timeout  # the response timeout of this request
             connection_exc, io_exc, modbus_exc = self._errors
             try:
