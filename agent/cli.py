@@ -91,6 +91,17 @@ def _load_config(path: Path):  # type: ignore[no-untyped-def]
         raise SystemExit(2) from None
 
 
+def _open_readonly(path: Path):  # type: ignore[no-untyped-def]
+    """The database for a read-only tool; a missing or unreadable one is an error (exit 1)."""
+    from agent.store import Store, StoreError
+
+    try:
+        return Store(path, readonly=True)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from agent.logs import setup_logging
@@ -140,10 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.cmd == "export":
         from agent.export import export_records
-        from agent.store import Store
 
         cfg = _load_config(args.config)
-        store = Store(cfg.storage.path, max_mb=cfg.storage.max_mb)
+        store = _open_readonly(cfg.storage.path)
         try:
             export_records(store, args.start, args.end, args.format, sys.stdout)
         finally:
@@ -154,13 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         import time
 
         from agent.export import status_summary
-        from agent.store import Store
+        from agent.store_readonly import refused_lines
 
         cfg = _load_config(args.config)
-        store = Store(cfg.storage.path, max_mb=cfg.storage.max_mb)
+        store = _open_readonly(cfg.storage.path)
         try:
             now = time.time()
             print(status_summary(store, now))
+            for line in refused_lines(store):
+                print(line)
             from agent.advice import YEAR_S, contract_review, describe
 
             c = cfg.contract

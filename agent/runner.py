@@ -41,7 +41,8 @@ from agent.poll import device_spec
 from agent.remote import apply_overlay
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
-from agent.uplink import MqttSettings, Uplink
+from agent.uplink import MqttSettings, Outgoing, Uplink
+from agent.uplink_drain import Refusal, refusal_event_of
 from drivers.device import Device, DevicePool
 from drivers.types import Clock, Reading
 
@@ -220,6 +221,7 @@ class Agent:
             boot=self.boot,
             on_message=self.on_message,
             subscriptions=[f"{self.topic}/config/set", f"{self.topic}/cmd"],
+            on_refused=self.on_refused,
         )
 
     async def open_devices(self) -> None:
@@ -261,6 +263,17 @@ class Agent:
             await self.remote.handle(topic, payload)
         except Exception:  # garbage on a subscribed topic never stops the agent
             log.exception("remote message on %s not handled", topic)
+
+    async def on_refused(self, m: Outgoing, r: Refusal) -> None:
+        """A stored message the broker refused for good: a `message_refused` event (none for
+        a refused `message_refused` event, so a refused event topic cannot loop)."""
+        ev = refusal_event_of(m, r)
+        if ev is None:
+            return
+        try:
+            await self.emit_event(ev)
+        except Exception as e:  # the refusal stays recorded in the store and the log
+            log.warning("message_refused event not stored: %s", e)
 
     def apply_config(self, cfg: Config) -> None:
         """Put a validated config in effect without a restart (remote config/set):

@@ -132,28 +132,31 @@ class Store(SampleStore):
 
     # --- stored messages --------------------------------------------------------------------
 
+    # the lookup caches change only when the transaction commits (``_stage``): after a
+    # rollback (a full disk) they never name a row that does not exist
+
     def _header_id(self, c: sqlite3.Connection, b64: str) -> int:
-        i = self._headers.get(b64)
+        i: int | None = self._staged_get(self._headers, b64)
         if i is None:
             i = int(c.execute("INSERT INTO jws_headers(b64) VALUES (?)", (b64,)).lastrowid or 0)
-            self._headers[b64] = i
-            self._header_text[i] = b64
+            self._stage(self._headers, b64, i)
+            self._stage(self._header_text, i, b64)
         return i
 
     def _topic_id(self, c: sqlite3.Connection, topic: str) -> int:
-        i = self._topics.get(topic)
+        i: int | None = self._staged_get(self._topics, topic)
         if i is None:
             i = int(c.execute("INSERT INTO topics(topic) VALUES (?)", (topic,)).lastrowid or 0)
-            self._topics[topic] = i
-            self._topic_text[i] = topic
+            self._stage(self._topics, topic, i)
+            self._stage(self._topic_text, i, topic)
         return i
 
     def _shape_id(self, c: sqlite3.Connection, keys: list[str]) -> int:
         k = json.dumps(keys, separators=(",", ":"))
-        i = self._shapes.get(k)
+        i: int | None = self._staged_get(self._shapes, k)
         if i is None:
             i = int(c.execute("INSERT INTO shapes(keys) VALUES (?)", (k,)).lastrowid or 0)
-            self._shapes[k] = i
+            self._stage(self._shapes, k, i)
         return i
 
     def _tip(self, c: sqlite3.Connection, stream: str) -> tuple[int, str | None]:
@@ -335,11 +338,55 @@ class Store(SampleStore):
                 (repr(float(self.clock())),),
             )
 
+    def mark_refused(self, items: Sequence[tuple[int, int, str]]) -> None:
+        """Record messages the broker refused for good: (id, reason code, reason). They leave
+        the backlog (``sent = 2``) and stay stored; ``mark_unsent`` queues them again."""
+        self._check()
+        if not items:
+            return
+        now = float(self.clock())
+        with self._txn(durable=False) as c:
+            for mid, code, reason in items:
+                c.execute("UPDATE messages SET sent = 2 WHERE id = ?", (int(mid),))
+                c.execute(
+                    "INSERT OR REPLACE INTO refusals(msg, code, reason, time) VALUES (?, ?, ?, ?)",
+                    (int(mid), int(code), str(reason), now),
+                )
+
+    def refused(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Messages refused by the broker and not queued again, oldest first."""
+        self._check()
+        if self.schema_version < 2:  # an older database opened read-only
+            return []
+        return [
+            {"stream": s, "seq": int(q), "code": int(c), "reason": r, "time": float(t)}
+            for s, q, c, r, t in self.conn.execute(
+                "SELECT m.stream, m.seq, f.code, f.reason, f.time FROM refusals f"
+                " JOIN messages m ON m.id = f.msg WHERE m.sent = 2 ORDER BY f.msg LIMIT ?",
+                (limit,),
+            )
+        ]
+
+    def refused_count(self) -> dict[str, int]:
+        """Refused messages per stream."""
+        self._check()
+        return {
+            str(s): int(n)
+            for s, n in self.conn.execute(
+                "SELECT stream, count(*) FROM messages WHERE sent = 2 GROUP BY stream"
+            )
+        }
+
     def mark_unsent(self, stream: str, from_seq: int, to_seq: int) -> int:
-        """Queue stored messages again (``cmd resend``); returns how many are stored in the
-        range (whether they were sent or still pending)."""
+        """Queue stored messages again (``cmd resend``; refused ones too); returns how many
+        are stored in the range (whether they were sent, refused or still pending)."""
         self._check()
         with self._txn(durable=False) as c:
+            c.execute(
+                "DELETE FROM refusals WHERE msg IN (SELECT id FROM messages"
+                " WHERE stream = ? AND seq BETWEEN ? AND ? AND sent = 2)",
+                (stream, from_seq, to_seq),
+            )
             c.execute(
                 "UPDATE messages SET sent = 0 WHERE stream = ? AND seq BETWEEN ? AND ?",
                 (stream, from_seq, to_seq),

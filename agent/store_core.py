@@ -4,13 +4,14 @@ builds on it (see there for the schema and durability rules)."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from agent import store_schema
 from agent.store_schema import StoreError
@@ -23,30 +24,41 @@ class StoreCore:
         max_mb: float = 512.0,
         sample_retention_days: float = 14.0,
         clock: Callable[[], float] = time.time,
+        *,
+        readonly: bool = False,
     ) -> None:
+        """Open (and create or migrate) the database; ``readonly``: for the tools (``status``,
+        ``export``): opened read-only, never created, migrated or checkpointed; a missing
+        file or a database newer than this agent is a ``StoreError``."""
         self.path = Path(path)
         self.max_mb = float(max_mb)
         self.retention_s = float(sample_retention_days) * 86400.0
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
         self._owner = threading.get_ident()
-        self.conn = sqlite3.connect(
-            str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        c = self.conn
-        # a new database gets 2 KiB pages (an existing one keeps its own): every commit
-        # writes each page it touches whole to the WAL, so for the agent's small
-        # transactions (samples, seq blocks, records) the SD card sees about a third fewer
-        # bytes than with 4 KiB pages, and three years of records take no more room
-        c.execute("PRAGMA page_size=2048")
-        mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"{self.path}: cannot use WAL mode (got {mode})")
-        c.execute("PRAGMA synchronous=NORMAL")
-        c.execute("PRAGMA foreign_keys=OFF")
-        c.execute("PRAGMA busy_timeout=30000")
-        c.execute("PRAGMA cache_size=-2000")  # 2 MB page cache (SQLite default): RSS on a small box
-        self.schema_version = store_schema.migrate(c)
+        if readonly:
+            self.conn = self._open_readonly()
+            c = self.conn
+            self.schema_version = int(c.execute("PRAGMA user_version").fetchone()[0])
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            c = self.conn
+            # a new database gets 2 KiB pages (an existing one keeps its own): every commit
+            # writes each page it touches whole to the WAL, so for the agent's small
+            # transactions (samples, seq blocks, records) the SD card sees about a third
+            # fewer bytes than with 4 KiB pages, and three years of records take no more room
+            c.execute("PRAGMA page_size=2048")
+            mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL mode (got {mode})")
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA foreign_keys=OFF")
+            c.execute("PRAGMA busy_timeout=30000")
+            c.execute("PRAGMA cache_size=-2000")  # 2 MB page cache: RSS on a small box
+            self.schema_version = store_schema.migrate(c)
         self._zdict: dict[int, bytes] = {
             int(i): bytes(d) for i, d in c.execute("SELECT id, dict FROM zdicts")
         }
@@ -66,7 +78,46 @@ class StoreCore:
         # live streams: next seq to hand out and the durable reservation limit
         self._live: dict[str, tuple[int, int]] = {}
         self._tips: dict[str, tuple[int, str]] = {}  # chained stream -> (seq, chain hash)
+        # lookups inserted by the open transaction: in the maps only once it commits
+        self._staged: list[tuple[dict[Any, Any], Any, Any]] = []
         self._closed = False
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: no database there (check storage.path)")
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30.0,
+            )
+            conn.execute("PRAGMA busy_timeout=30000")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot read the database: {e}") from e
+        if version == 0:
+            conn.close()
+            raise StoreError(f"{self.path}: not an agent database (no schema)")
+        if version > len(store_schema.MIGRATIONS):
+            conn.close()
+            raise StoreError(
+                f"{self.path}: database schema version {version} is newer than this agent"
+            )
+        return conn
+
+    def _stage(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
+        """Put ``key -> value`` into ``cache`` when the open transaction commits."""
+        self._staged.append((cache, key, value))
+
+    def _staged_get(self, cache: dict[Any, Any], key: Any) -> Any:
+        v = cache.get(key)
+        if v is None:
+            for c, k, val in self._staged:
+                if c is cache and k == key:
+                    return val
+        return v
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -82,14 +133,23 @@ class StoreCore:
         c = self.conn
         if durable:
             c.execute("PRAGMA synchronous=FULL")
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
         try:
             c.execute("BEGIN IMMEDIATE")
             try:
                 yield c
                 c.execute("COMMIT")
             except BaseException:
-                c.execute("ROLLBACK")
+                # SQLite may have rolled back already (SQLITE_FULL): never hide the error
+                if c.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        c.execute("ROLLBACK")
+                self._staged.clear()
                 raise
+            for cache, key, value in self._staged:
+                cache[key] = value
+            self._staged.clear()
         finally:
             if durable:
                 c.execute("PRAGMA synchronous=NORMAL")
@@ -101,6 +161,10 @@ class StoreCore:
         if self._closed:
             return
         self._check()
+        if self.readonly:
+            self.conn.close()
+            self._closed = True
+            return
         # live streams: give back the unused rest of each reserved block
         if self._live:
             with self._txn(durable=True) as c:

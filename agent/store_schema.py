@@ -56,6 +56,15 @@ def _m1_base(db: sqlite_utils.Database) -> None:
     db.conn.execute("INSERT INTO zdicts(id, dict) VALUES (1, ?)", (ZDICT_V1,))
 
 
+def _m2_refusals(db: sqlite_utils.Database) -> None:
+    """Messages the broker refused for good (MQTT 5 PUBACK reason code): the message keeps
+    ``sent = 2`` (out of the backlog, kept), this table says why and when."""
+    db.conn.execute(
+        "CREATE TABLE refusals (msg INTEGER PRIMARY KEY, code INTEGER NOT NULL,"
+        " reason TEXT NOT NULL, time REAL NOT NULL)"
+    )
+
+
 class _LazyDatabase:
     """Stands in for ``sqlite_utils.Database`` in ``migrate``: ``conn`` is the connection;
     any other attribute creates the real sqlite-utils object (importing it) first."""
@@ -73,7 +82,7 @@ class _LazyDatabase:
 
 
 Migration = Callable[["sqlite_utils.Database"], None]
-MIGRATIONS: list[Migration] = [_m1_base]
+MIGRATIONS: list[Migration] = [_m1_base, _m2_refusals]
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] | None = None) -> int:

@@ -12,8 +12,9 @@ jitter; each connection:
    up to ``window`` QoS 1 publishes unacknowledged (``Window``, pure bookkeeping). Publishes
    are issued in id order on one connection (so the broker sees per-stream seq order) and
    a message is marked sent only when it and every message published before it were
-   acknowledged (PUBACK; an MQTT 5 PUBACK with a failure reason code is not an
-   acknowledgement: the session ends, the message stays unsent). Stored publishes go
+   acknowledged (PUBACK; an MQTT 5 PUBACK with a failure reason code is a refusal: a
+   permanent one is recorded on the message and the stream goes on, a transient one holds
+   that stream for a backoff; see ``agent.uplink_drain``). Stored publishes go
    straight to aiomqtt's paho client and their PUBACKs are taken from paho's
    ``on_publish`` by packet id (half the CPU of ``aiomqtt.Client.publish`` per message);
    the next batch is read from the store while the current one is published; marks are
@@ -34,20 +35,43 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
 
 from agent.jws import Signer, envelope
+from agent.uplink_conn import (
+    BrokerAddress,
+    backoff_delay,
+    connect,
+    describe_error,
+    no_delay,
+    parse_url,
+    payload_bytes,
+    tls_context,
+)
+from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold, Window
+
+__all__ = [
+    "BrokerAddress",
+    "MqttSettings",
+    "Outbox",
+    "Outgoing",
+    "Uplink",
+    "Window",
+    "backoff_delay",
+    "connect",
+    "describe_error",
+    "no_delay",
+    "parse_url",
+    "tls_context",
+]
 
 log = logging.getLogger(__name__)
 # aiomqtt and paho log through this one; aiomqtt warns "There are N pending publish calls"
@@ -83,6 +107,7 @@ class Outbox(Protocol):
     def next_seq(self, stream: str) -> int: ...
     def unsent(self, limit: int, after_id: int = 0) -> Sequence[Outgoing]: ...
     def mark_sent(self, ids: Sequence[int]) -> None: ...
+    def mark_refused(self, items: Sequence[tuple[int, int, str]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -97,187 +122,6 @@ class MqttSettings:
     cert_file: str | None = None
     key_file: str | None = None
     keepalive_s: int = 30
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None
-
-
-def parse_url(url: str) -> BrokerAddress:
-    """``mqtt://host[:port]`` (1883) or ``mqtts://host[:port]`` (8883); user:pass@ allowed."""
-    u = urlsplit(url)
-    if u.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"{url!r}: scheme must be mqtt:// or mqtts://")
-    if not u.hostname:
-        raise ValueError(f"{url!r}: no host")
-    tls = u.scheme == "mqtts"
-    try:
-        port = u.port or (8883 if tls else 1883)
-    except ValueError as e:
-        raise ValueError(f"{url!r}: bad port") from e
-    return BrokerAddress(
-        host=u.hostname,
-        port=port,
-        tls=tls,
-        username=unquote(u.username) if u.username else None,
-        password=unquote(u.password) if u.password else None,
-    )
-
-
-def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
-    """Server verification against ``ca_file`` (the system CAs when None), hostname checked;
-    optional client certificate."""
-    ctx = ssl.create_default_context(cafile=ca_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file:
-        ctx.load_cert_chain(cert_file, key_file)
-    return ctx
-
-
-def backoff_delay(attempt: int, rnd: float, base: float = 0.5, cap: float = 3.0) -> float:
-    """Exponential backoff with equal jitter: in [d/2, d], d = min(cap, base * 2**attempt).
-
-    The uplink's defaults (0.5 s, capped at 3 s) put the first attempt after a broker's
-    return within 3 s, whatever the outage's length (the backlog target is 5 s); the
-    jitter spreads a fleet's reconnects over 1.5..3 s."""
-    d = min(cap, base * (2.0 ** min(attempt, 30)))
-    return d * (0.5 + 0.5 * min(max(rnd, 0.0), 1.0))
-
-
-def describe_error(e: BaseException, addr: BrokerAddress, ca_file: str | None) -> str:
-    """A one-line, actionable reason for a failed connection."""
-    text = str(e) or type(e).__name__
-    where = f"{'mqtts' if addr.tls else 'mqtt'}://{addr.host}:{addr.port}"
-    low = text.lower()
-    if "certificate verify failed" in low:
-        src = f"ca_file {ca_file}" if ca_file else "the system CA store"
-        return f"TLS: {where}: the broker's certificate does not verify against {src} ({text})"
-    if "ssl" in low or "tls" in low:
-        return f"TLS: {where}: {text}"
-    if "connection refused" in low:
-        return f"{where}: connection refused (broker down?)"
-    return f"{where}: {text}"
-
-
-def _payload_bytes(p: Any) -> bytes:
-    if p is None:
-        return b""
-    if isinstance(p, bytes | bytearray):
-        return bytes(p)
-    return str(p).encode("utf-8")
-
-
-async def connect(client: aiomqtt.Client) -> None:
-    """``client.__aenter__()``, but failing at once when the broker closes the connection
-    before its CONNACK (aiomqtt alone waits for its whole timeout then): a TLS client
-    certificate it requires, a protocol version it does not speak."""
-    loop = asyncio.get_running_loop()
-    closed: asyncio.Future[None] = loop.create_future()
-    inner = getattr(client, "_client", None)  # the paho client
-    original = getattr(inner, "on_disconnect", None)
-    if inner is not None and original is not None:
-
-        def on_disconnect(*args: Any) -> None:
-            if not closed.done():
-                closed.set_result(None)
-            original(*args)
-
-        inner.on_disconnect = on_disconnect
-    enter = asyncio.ensure_future(client.__aenter__())
-    either: list[asyncio.Future[Any]] = [enter, closed]
-    try:
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        enter.cancel()
-        raise
-    finally:
-        if inner is not None and original is not None:
-            inner.on_disconnect = original
-    if enter.done():
-        enter.result()
-        return
-    await asyncio.sleep(0.05)  # a refusing CONNACK may be right behind
-    if enter.done():
-        enter.result()
-        return
-    enter.cancel()
-    await asyncio.gather(enter, return_exceptions=True)
-    raise aiomqtt.MqttError(
-        "the broker closed the connection before accepting it (TLS client certificate "
-        "required? MQTT version not supported?)"
-    )
-
-
-class Window:
-    """In-flight bookkeeping of stored publishes (pure, no I/O): publish order, paho mid ->
-    stored id, and the acknowledged prefix. ``len`` counts everything published and not yet
-    released (acknowledged ones behind an unacknowledged one included), so at most ``size``
-    messages are ever unacknowledged and unmarked."""
-
-    def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-        self.peak = 0
-        self._order: deque[tuple[int, float]] = deque()  # (stored id, publish time)
-        self._mids: dict[int, int] = {}  # mid -> stored id, awaiting PUBACK
-        self._done: set[int] = set()  # stored ids acknowledged, not yet released
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    def owns(self, mid: int) -> bool:
-        return mid in self._mids
-
-    def sent(self, sid: int, mid: int, qos: int, now: float) -> list[int]:
-        """Record a publish; returns the ids released by it (QoS 0 needs no PUBACK)."""
-        self._order.append((sid, now))
-        self.peak = max(self.peak, len(self._order))
-        if qos == 0:
-            self._done.add(sid)
-        else:
-            self._mids[mid] = sid
-        return self._release()
-
-    def ack(self, mid: int) -> list[int]:
-        """A PUBACK for ``mid``; returns the stored ids now acknowledged with every message
-        published before them, in publish order."""
-        sid = self._mids.pop(mid, None)
-        if sid is not None:
-            self._done.add(sid)
-        return self._release()
-
-    def oldest_age(self, now: float) -> float | None:
-        """Seconds the oldest unacknowledged publish has waited, None when none waits."""
-        if not self._order:
-            return None
-        sid, t0 = self._order[0]
-        return None if sid in self._done else now - t0
-
-    def _release(self) -> list[int]:
-        out: list[int] = []
-        while self._order and self._order[0][0] in self._done:
-            sid, _ = self._order.popleft()
-            self._done.discard(sid)
-            out.append(sid)
-        return out
-
-
-def no_delay(client: aiomqtt.Client) -> None:
-    """TCP_NODELAY on the connection: a publish leaves at once instead of waiting (Nagle)
-    for the acknowledgement of the previous segment; paho does not set it."""
-    inner = getattr(client, "_client", None)
-    sock = inner.socket() if inner is not None else None
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _SessionLost(Exception):
-    """A stored publish failed: the connection is not usable any more."""
 
 
 class Uplink:
@@ -299,6 +143,7 @@ class Uplink:
         timeout_s: float = 15.0,
         connect_timeout_s: float = 5.0,
         rng: Callable[[], float] = random.random,
+        on_refused: OnRefused | None = None,
     ) -> None:
         self.settings = settings
         self.addr = parse_url(settings.url)
@@ -316,6 +161,7 @@ class Uplink:
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.rng = rng
+        self.on_refused = on_refused  # a stored message refused for good (MQTT 5 PUBACK)
         self.base = f"{settings.topic_prefix}/{settings.site}"
         self.status_topic = f"{self.base}/status"
         self.client_id = settings.client_id or f"dh-agent-{settings.site}"
@@ -328,7 +174,7 @@ class Uplink:
         self.inflight_peak = 0  # most stored publishes unacknowledged at once
         self.protocol = aiomqtt.ProtocolVersion.V5
         # internals
-        self._wake = asyncio.Event()
+        self.wake_event = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._reserved: tuple[int, str] | None = None  # (online seq, signed will)
@@ -337,10 +183,14 @@ class Uplink:
         self._established_once = False
         self._last_logged: str | None = None
         self._session_start = 0.0
+        self.marks = Marks()  # acknowledged ids whose mark failed survive the session
+        self.holds: dict[str, StreamHold] = {}  # streams held after a transient refusal
+        self.refused_subscriptions: dict[str, str] = {}  # topic -> reason (SUBACK)
+        self.background: set[asyncio.Task[None]] = set()
 
     # --- helpers ------------------------------------------------------------------------
 
-    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, fn, *args)
 
@@ -354,8 +204,8 @@ class Uplink:
         """Seqs for (online, will) of the next connection, the will signed now. Kept across
         failed attempts, so refused connects do not burn status seqs."""
         if self._reserved is None:
-            online = await self._db(self.store.next_seq, "status")
-            will_seq = await self._db(self.store.next_seq, "status")
+            online = await self.db(self.store.next_seq, "status")
+            will_seq = await self.db(self.store.next_seq, "status")
             self._reserved = (online, self._sign("status", will_seq, self._status_body("offline")))
         return self._reserved
 
@@ -407,7 +257,7 @@ class Uplink:
 
     def wake(self) -> None:
         """New stored messages are available (call on the event loop's thread)."""
-        self._wake.set()
+        self.wake_event.set()
 
     async def run(self) -> None:
         """Connect and reconnect forever; cancel to stop (publishes offline if connected)."""
@@ -418,7 +268,7 @@ class Uplink:
                 before = self.connects
                 try:
                     await self._connection()
-                except (aiomqtt.MqttError, _SessionLost, OSError, ssl.SSLError, ValueError) as e:
+                except (aiomqtt.MqttError, SessionLost, OSError, ssl.SSLError, ValueError) as e:
                     self._note_error(describe_error(e, self.addr, self.settings.ca_file))
                     if self.connects == before:
                         self._maybe_fallback(e)
@@ -481,7 +331,7 @@ class Uplink:
         await client.publish(self.status_topic, online.encode("ascii"), qos=1, retain=True)
         self.last_publish = self.clock()
         for topic in self.subscriptions:
-            await client.subscribe(topic, qos=1)
+            self._suback(topic, await client.subscribe(topic, qos=1))
         self.connected = True
         drain = asyncio.create_task(self._drain(client), name="uplink-drain")
         recv = asyncio.create_task(self._receive(client), name="uplink-receive")
@@ -502,142 +352,32 @@ class Uplink:
                 raise exc
         raise aiomqtt.MqttError("session ended")
 
+    def _suback(self, topic: str, codes: Any) -> None:
+        """Check a SUBACK's reason codes (MQTT 5) or granted QoS (3.1.1: 0x80 = failure):
+        a refused subscription is logged once and kept in ``refused_subscriptions``."""
+        refused = [c for c in codes if int(getattr(c, "value", c)) >= 0x80]
+        if not refused:
+            if self.refused_subscriptions.pop(topic, None) is not None:
+                log.info("uplink: subscription to %s accepted again", topic)
+            return
+        reason = str(refused[0])
+        if self.refused_subscriptions.get(topic) != reason:
+            log.error("uplink: the broker refused the subscription to %s: %s", topic, reason)
+        self.refused_subscriptions[topic] = reason
+
     async def _receive(self, client: aiomqtt.Client) -> None:
         """Deliver subscribed messages; also how a lost connection is noticed."""
         async for m in client.messages:
             if self.on_message is None:
                 continue
             try:
-                await self.on_message(str(m.topic), _payload_bytes(m.payload))
+                await self.on_message(str(m.topic), payload_bytes(m.payload))
             except Exception:  # garbage on a subscribed topic never stops the uplink
                 log.exception("uplink: handler failed for a message on %s", m.topic)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        """Publish the backlog and every new stored message, in id order, at most ``window``
-        unacknowledged at a time; mark the acknowledged prefix sent.
-
-        Stored publishes go to paho directly (no task or future per message: aiomqtt's
-        ``publish`` costs about as much as the MQTT work itself); their PUBACKs are taken
-        from paho's ``on_publish`` by mid, every other mid (status, live publishes) is passed
-        on to aiomqtt's handler."""
-        inner: paho.Client = client._client
-        original: Any = inner.on_publish
-        loop = asyncio.get_running_loop()
-        window = Window(self.window)
-        slot = asyncio.Event()  # a PUBACK came, or a failure
-        to_mark: list[int] = []
-        marking: asyncio.Task[None] | None = None
-        failed: list[str] = []
-
-        async def mark_loop() -> None:
-            while to_mark:
-                ids = to_mark[:]
-                del to_mark[:]
-                try:
-                    await self._db(self.store.mark_sent, ids)
-                except Exception:  # they stay unsent and go out again: duplicates, no loss
-                    log.exception("uplink: mark_sent failed for %d messages", len(ids))
-                    continue
-                self.published += len(ids)
-
-        def acked(ids: list[int]) -> None:
-            nonlocal marking
-            if ids:
-                to_mark.extend(ids)
-                if marking is None or marking.done():
-                    marking = loop.create_task(mark_loop())
-            slot.set()
-
-        def on_publish(c: Any, userdata: Any, mid: int, rc: Any, props: Any = None) -> None:
-            if not window.owns(mid):
-                if original is not None:
-                    original(c, userdata, mid, rc, props)
-                return
-            if getattr(rc, "is_failure", False):
-                # MQTT 5: the broker refused this message (e.g. not authorized): it stays
-                # stored and unsent; the session ends and the next one tries again
-                failed.append(f"broker refused message (PUBACK {rc})")
-                slot.set()
-                return
-            acked(window.ack(mid))
-
-        def check() -> None:
-            if failed:
-                raise _SessionLost(failed[0])
-            age = window.oldest_age(time.monotonic())
-            if age is not None and age > self.timeout_s:
-                log.warning("uplink: no PUBACK within %.0f s; reconnecting", self.timeout_s)
-                raise _SessionLost(f"no PUBACK within {self.timeout_s:.0f} s")
-
-        async def wait_slot() -> None:
-            slot.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(slot.wait(), min(1.0, self.timeout_s / 2))
-            check()
-
-        async def quiesce(limit: float | None) -> None:
-            end = None if limit is None else time.monotonic() + limit
-            while len(window) and (end is None or time.monotonic() < end):
-                await wait_slot()
-            if marking is not None and not marking.done():
-                await asyncio.wait([marking], timeout=limit)
-
-        def fetch(after: int) -> asyncio.Future[Sequence[Outgoing]]:
-            self._wake.clear()
-            return asyncio.ensure_future(self._db(self.store.unsent, self.batch, after))
-
-        inner.on_publish = on_publish
-        buf: deque[Outgoing] = deque()
-        cursor = 0
-        pending_fetch: asyncio.Future[Sequence[Outgoing]] | None = fetch(0)
-        try:
-            while True:
-                check()
-                if not buf:
-                    if pending_fetch is None:
-                        pending_fetch = fetch(cursor)
-                    batch = await pending_fetch
-                    pending_fetch = None
-                    if batch:
-                        buf.extend(batch)
-                        cursor = batch[-1].id
-                        if len(batch) >= self.batch:  # more behind it: fetch while publishing
-                            pending_fetch = fetch(cursor)
-                        continue
-                    if cursor:
-                        # tail reached: let in-flight settle, then rescan from the start
-                        # (``resend`` marks old messages unsent again)
-                        await quiesce(None)
-                        cursor = 0
-                        continue
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), 30)
-                    continue
-                while buf and len(window) < window.size:
-                    m = buf.popleft()
-                    info = inner.publish(
-                        m.topic, m.payload.encode("ascii"), qos=m.qos, retain=m.retain
-                    )
-                    if info.rc != paho.MQTT_ERR_SUCCESS:
-                        raise _SessionLost(f"publish failed: {paho.error_string(info.rc)}")
-                    acked(window.sent(m.id, info.mid, m.qos, time.monotonic()))
-                    self.inflight_peak = max(self.inflight_peak, window.peak)
-                    self.last_publish = self.clock()
-                if buf:
-                    await wait_slot()
-        except asyncio.CancelledError:
-            # stopping: if still connected, let what is in flight finish and record it
-            if inner.is_connected():
-                with contextlib.suppress(Exception):
-                    await quiesce(3)
-            raise
-        finally:
-            inner.on_publish = original
-            if pending_fetch is not None:
-                pending_fetch.cancel()
-            if marking is not None and not marking.done():
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(marking), 2)
+        """Publish the stored backlog and every new stored message (``agent.uplink_drain``)."""
+        await Drain(self, client._client, Window(self.window)).run()
 
     async def publish_live(
         self, stream: str, subtopic: str, body: Any, qos: int = 0, retain: bool = False
@@ -647,7 +387,7 @@ class Uplink:
         client = self._client
         if client is None or not self.connected:
             return False
-        seq = await self._db(self.store.next_seq, stream)
+        seq = await self.db(self.store.next_seq, stream)
         try:
             payload = self._sign(stream, seq, body)
         except (ValueError, TypeError) as e:  # not JSON-serializable: a gap in this stream

@@ -223,7 +223,7 @@ async def verify_async(
     (forever when None). Exit status: 0 all ok, 1 some message not ok, 2 no connection."""
     import aiomqtt
 
-    from agent.uplink import describe_error, parse_url, tls_context
+    from agent.uplink_conn import describe_error, parse_url, tls_context
 
     err = err or sys.stderr
     addr = parse_url(url)

@@ -218,6 +218,7 @@ def test_status_of_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[
         '[site]\nid = "s"\n[mqtt]\nurl = "mqtt://h"\n[keys]\nagent_key = "a.key"\n'
         '[storage]\npath = "agent.db"\n' + devices_toml("127.0.0.1", 5020)
     )
+    Store(tmp_path / "agent.db").close()  # the agent made it (status never creates one)
     out = run_cli(["status", "--config", str(cfg)], capsys)
     assert out.splitlines() == [
         "boot: 0",

@@ -67,6 +67,7 @@ class MemStore:
         self.seqs: dict[str, int] = {}
         self.sent: set[int] = set()
         self.mark_calls = 0
+        self.refused: dict[int, tuple[int, str]] = {}
 
     def next_seq(self, stream: str) -> int:
         with self.lock:
@@ -106,6 +107,12 @@ class MemStore:
         with self.lock:
             self.sent.update(ids)
             self.mark_calls += 1
+
+    def mark_refused(self, items: Sequence[tuple[int, int, str]]) -> None:
+        with self.lock:
+            for mid, code, reason in items:
+                self.sent.add(mid)
+                self.refused[mid] = (code, reason)
 
     def mark_unsent(self, stream: str, from_seq: int, to_seq: int) -> int:
         with self.lock:
@@ -444,6 +451,7 @@ class Seqs:
         return self.n[s] + 40
     def unsent(self, limit, after_id=0): return []
     def mark_sent(self, ids): pass
+    def mark_refused(self, items): pass
 
 async def main():
     up = Uplink(MqttSettings(url=sys.argv[1], topic_prefix="dh/v1", site="site-1"),

@@ -2,7 +2,7 @@
 
 ``Mosquitto(workdir)`` writes a config into ``workdir`` (``listener PORT 127.0.0.1``,
 ``allow_anonymous true`` or, with ``users``, a password file; persistence off unless asked
-for, then in ``workdir``)
+for, then in ``workdir``; with ``acl``, that text as its ACL file, read again at ``restart()``)
 and, with ``tls=True``, a second listener with a test PKI made here (``make_pki``: CA,
 server certificate for 127.0.0.1/localhost, client certificate, an unrelated "wrong" CA).
 
@@ -194,6 +194,7 @@ class Mosquitto:
         persistence: bool = False,
         users: dict[str, str] | None = None,
         binary: str | None = None,
+        acl: str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +205,7 @@ class Mosquitto:
         self.require_certificate = require_certificate
         self.persistence = persistence
         self.users = users
+        self.acl = acl  # the text of an ACL file (mosquitto's ``acl_file`` format), or None
         self.port = 0
         self.tls_port = 0
         self.pki: Pki | None = make_pki(self.workdir / "pki") if tls else None
@@ -239,6 +241,10 @@ class Mosquitto:
             "max_queued_messages 100000",
             "set_tcp_nodelay true",  # as a production broker on LAN-speed links would
         ]
+        if self.acl is not None:
+            acl = self.workdir / "acl"
+            acl.write_text(self.acl)
+            lines.append(f"acl_file {acl}")
         if self.pki is not None:
             lines += [
                 f"listener {self.tls_port} 127.0.0.1",

@@ -1,0 +1,411 @@
+"""The drain of one uplink session: the stored backlog and every new stored message,
+published in id order with at most ``window`` unacknowledged, the acknowledged prefix
+marked sent.
+
+Stored publishes go to paho directly (no task or future per message: aiomqtt's
+``publish`` costs about as much as the MQTT work itself); their PUBACKs are taken from
+paho's ``on_publish`` by mid, every other mid (status, live publishes) is passed on to
+aiomqtt's handler.
+
+An MQTT 5 PUBACK with a failure reason code (``classify``):
+
+- permanent (not authorized, topic name invalid, payload format invalid): the message is
+  recorded as refused in the store (``mark_refused``: kept, never deleted, out of the
+  backlog until ``resend``), reported through ``on_refused``, and the stream moves on;
+- transient (anything else, e.g. quota exceeded): the message stays unsent and its stream
+  is held for a backoff (1 s doubling to 60 s) while the other streams go on; the held
+  stream is published again from its first unsent message when the backoff ends.
+
+A failing ``mark_sent`` (a full disk) does not make the drain publish the acknowledged
+messages again: their ids stay in memory (``unmarked``), are skipped by the publisher and
+marked again with the next marks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as paho
+
+from agent.jws import b64u_decode
+
+if TYPE_CHECKING:
+    from agent.uplink import Outgoing, Uplink
+
+log = logging.getLogger("agent.uplink")
+
+# MQTT 5 reason codes (PUBACK) after which the same message would be refused again
+PERMANENT_REFUSALS = {
+    0x87: "not authorized",
+    0x90: "topic name invalid",
+    0x99: "payload format invalid",
+}
+HOLD_BASE_S = 1.0
+HOLD_CAP_S = 60.0
+
+
+class SessionLost(Exception):
+    """A stored publish failed: the connection is not usable any more."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: int
+    reason: str
+    permanent: bool
+
+
+def classify(rc: Any) -> Refusal | None:
+    """The refusal in a PUBACK's reason code (paho ``ReasonCode`` or int); None when the
+    broker accepted the message (codes below 0x80, e.g. 0x10 "no matching subscribers")."""
+    value = getattr(rc, "value", rc)
+    try:
+        code = int(value)
+    except (TypeError, ValueError):
+        return None
+    if code < 0x80:
+        return None
+    name = PERMANENT_REFUSALS.get(code)
+    if name is not None:
+        return Refusal(code, name, True)
+    text = str(rc) if not isinstance(rc, int) else f"reason code 0x{code:02x}"
+    return Refusal(code, text, False)
+
+
+def refusal_event_of(m: Outgoing, r: Refusal | None = None) -> dict[str, Any] | None:
+    """The `message_refused` event for a refused stored message; None when the message is
+    itself a `message_refused` event (a refused event topic must not make a loop)."""
+    if m.stream == "event":
+        try:
+            env = json.loads(b64u_decode(m.payload.split(".")[1]))
+            kind = env["body"]["kind"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            kind = None
+        if kind == "message_refused":
+            return None
+    ev: dict[str, Any] = {"kind": "message_refused", "stream": m.stream, "seq": m.seq}
+    if r is not None:
+        ev.update(topic=m.topic, code=r.code, reason=r.reason)
+    return ev
+
+
+def hold_delay(attempt: int) -> float:
+    return float(min(HOLD_CAP_S, HOLD_BASE_S * 2.0 ** min(attempt, 30)))
+
+
+@dataclass
+class StreamHold:
+    """A stream held after a transient refusal: not published before ``until``."""
+
+    until: float
+    attempt: int = 0
+
+
+@dataclass
+class Marks:
+    """Acknowledged (or refused) messages waiting for the store, and those whose mark failed
+    (kept in memory, skipped by the publisher, marked again with the next marks)."""
+
+    sent: list[int] = field(default_factory=list)
+    refused: list[tuple[int, int, str]] = field(default_factory=list)  # (id, code, reason)
+    unmarked: set[int] = field(default_factory=set)
+    failures: int = 0
+
+    def pending(self) -> bool:
+        return bool(self.sent or self.refused)
+
+
+OnRefused = Callable[["Outgoing", Refusal], Coroutine[Any, Any, None]]
+
+
+class Window:
+    """In-flight bookkeeping of stored publishes (pure, no I/O): publish order, paho mid ->
+    stored id, and the acknowledged prefix. ``len`` counts everything published and not yet
+    released (acknowledged ones behind an unacknowledged one included), so at most ``size``
+    messages are ever unacknowledged and unmarked."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.peak = 0
+        self._order: deque[tuple[int, float]] = deque()  # (stored id, publish time)
+        self._mids: dict[int, int] = {}  # mid -> stored id, awaiting PUBACK
+        self._done: set[int] = set()  # stored ids acknowledged, not yet released
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def owns(self, mid: int) -> bool:
+        return mid in self._mids
+
+    def sid_of(self, mid: int) -> int | None:
+        return self._mids.get(mid)
+
+    def sent(self, sid: int, mid: int, qos: int, now: float) -> list[int]:
+        """Record a publish; returns the ids released by it (QoS 0 needs no PUBACK)."""
+        self._order.append((sid, now))
+        self.peak = max(self.peak, len(self._order))
+        if qos == 0:
+            self._done.add(sid)
+        else:
+            self._mids[mid] = sid
+        return self._release()
+
+    def ack(self, mid: int) -> list[int]:
+        """A PUBACK for ``mid``; returns the stored ids now acknowledged with every message
+        published before them, in publish order."""
+        sid = self._mids.pop(mid, None)
+        if sid is not None:
+            self._done.add(sid)
+        return self._release()
+
+    def oldest_age(self, now: float) -> float | None:
+        """Seconds the oldest unacknowledged publish has waited, None when none waits."""
+        if not self._order:
+            return None
+        sid, t0 = self._order[0]
+        return None if sid in self._done else now - t0
+
+    def _release(self) -> list[int]:
+        out: list[int] = []
+        while self._order and self._order[0][0] in self._done:
+            sid, _ = self._order.popleft()
+            self._done.discard(sid)
+            out.append(sid)
+        return out
+
+
+class Drain:
+    """One session's drain; ``run()`` until cancelled or the session is lost."""
+
+    def __init__(self, up: Uplink, inner: paho.Client, window: Window) -> None:
+        self.up = up
+        self.inner = inner
+        self.original: Any = inner.on_publish
+        self.loop = asyncio.get_running_loop()
+        self.window = window
+        self.slot = asyncio.Event()  # a PUBACK came, or a failure
+        self.marks = up.marks  # survives the session: ids whose mark failed stay skipped
+        self.marking: asyncio.Task[None] | None = None
+        self.inflight: dict[int, Outgoing] = {}  # stored id -> message, until released
+        self.refused_now: dict[int, Refusal] = {}  # stored id -> its refusal, until released
+        self.holds = up.holds  # stream -> hold (survives the session)
+        self.buf: deque[Outgoing] = deque()
+        self.cursor = 0  # the last stored id read in this scan
+        self.progress = False  # something was published since the scan started
+        self.pending_fetch: asyncio.Future[Sequence[Outgoing]] | None = None
+
+    # --- PUBACKs (paho's thread is the loop's: aiomqtt runs paho on the event loop) ------
+
+    def on_publish(self, c: Any, userdata: Any, mid: int, rc: Any, props: Any = None) -> None:
+        if not self.window.owns(mid):
+            if self.original is not None:
+                self.original(c, userdata, mid, rc, props)
+            return
+        refusal = classify(rc) if getattr(rc, "is_failure", False) else None
+        if refusal is not None:
+            sid = self.window.sid_of(mid)
+            if sid is not None:
+                self.refused_now[sid] = refusal
+        self.released(self.window.ack(mid))
+
+    def released(self, ids: list[int]) -> None:
+        """Ids acknowledged with every message published before them: mark them."""
+        for sid in ids:
+            m = self.inflight.pop(sid, None)
+            refusal = self.refused_now.pop(sid, None)
+            if refusal is None:
+                self.marks.sent.append(sid)
+            elif refusal.permanent:
+                self.marks.refused.append((sid, refusal.code, refusal.reason))
+                if m is not None:
+                    self.report(m, refusal)
+            elif m is not None:
+                self.hold(m, refusal)
+        if self.marks.pending() and (self.marking is None or self.marking.done()):
+            self.marking = self.loop.create_task(self.mark_loop())
+        self.slot.set()
+
+    def report(self, m: Outgoing, refusal: Refusal) -> None:
+        log.warning(
+            "uplink: broker refused %s seq %d on %s: %s (0x%02x); kept as refused, the"
+            " stream goes on (cmd resend retries it)",
+            m.stream,
+            m.seq,
+            m.topic,
+            refusal.reason,
+            refusal.code,
+        )
+        cb = self.up.on_refused
+        if cb is not None:
+            task = self.loop.create_task(cb(m, refusal))
+            self.up.background.add(task)
+            task.add_done_callback(self.up.background.discard)
+
+    def hold(self, m: Outgoing, refusal: Refusal) -> None:
+        h = self.holds.get(m.stream)
+        attempt = 0 if h is None else h.attempt + 1
+        delay = hold_delay(attempt)
+        self.holds[m.stream] = StreamHold(time.monotonic() + delay, attempt)
+        log.warning(
+            "uplink: broker refused %s seq %d for now (%s); stream %s held %.0f s",
+            m.stream,
+            m.seq,
+            refusal.reason,
+            m.stream,
+            delay,
+        )
+
+    async def mark_loop(self) -> None:
+        m = self.marks
+        while m.pending():
+            sent, refused = m.sent[:], m.refused[:]
+            del m.sent[:], m.refused[:]
+            ids = sorted(m.unmarked | set(sent))
+            try:
+                if refused:
+                    await self.up.db(self.up.store.mark_refused, refused)
+                if ids:
+                    await self.up.db(self.up.store.mark_sent, ids)
+            except Exception as e:  # a full disk: keep them in memory, never re-publish
+                m.unmarked.update(sent)
+                m.unmarked.update(r[0] for r in refused)
+                m.failures += 1
+                if m.failures == 1 or m.failures % 100 == 0:
+                    log.warning(
+                        "uplink: marking %d messages sent failed (%s); kept in memory",
+                        len(ids) + len(refused),
+                        e,
+                    )
+                return
+            m.unmarked.difference_update(ids)
+            m.unmarked.difference_update(r[0] for r in refused)
+            m.failures = 0
+            self.up.published += len(sent)
+
+    # --- waiting ---------------------------------------------------------------------------
+
+    def check(self) -> None:
+        age = self.window.oldest_age(time.monotonic())
+        if age is not None and age > self.up.timeout_s:
+            log.warning("uplink: no PUBACK within %.0f s; reconnecting", self.up.timeout_s)
+            raise SessionLost(f"no PUBACK within {self.up.timeout_s:.0f} s")
+
+    async def wait_slot(self) -> None:
+        self.slot.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.slot.wait(), min(1.0, self.up.timeout_s / 2))
+        self.check()
+
+    async def quiesce(self, limit: float | None) -> None:
+        end = None if limit is None else time.monotonic() + limit
+        while len(self.window) and (end is None or time.monotonic() < end):
+            await self.wait_slot()
+        if self.marking is not None and not self.marking.done():
+            await asyncio.wait([self.marking], timeout=limit)
+
+    async def idle(self) -> None:
+        """Nothing to publish: wait for new messages, a hold to end, or 30 s; retry the
+        marks that failed meanwhile."""
+        now = time.monotonic()
+        wait = 30.0
+        for h in self.holds.values():
+            wait = min(wait, max(0.05, h.until - now))
+        if self.marks.unmarked:
+            wait = min(wait, 5.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.up.wake_event.wait(), wait)
+        if self.marks.unmarked and (self.marking is None or self.marking.done()):
+            self.marking = self.loop.create_task(self.mark_loop())
+
+    # --- reading and publishing -------------------------------------------------------------
+
+    def fetch(self, after: int) -> asyncio.Future[Sequence[Outgoing]]:
+        self.up.wake_event.clear()
+        return asyncio.ensure_future(self.up.db(self.up.store.unsent, self.up.batch, after))
+
+    def skip(self, m: Outgoing, now: float) -> bool:
+        if m.id in self.marks.unmarked:
+            return True
+        h = self.holds.get(m.stream)
+        # once the hold is over the stream is tried again (its attempt count stays)
+        return h is not None and now < h.until
+
+    def publish_some(self) -> None:
+        now = time.monotonic()
+        while self.buf and len(self.window) < self.window.size:
+            m = self.buf.popleft()
+            if self.skip(m, now):
+                continue
+            info = self.inner.publish(
+                m.topic, m.payload.encode("ascii"), qos=m.qos, retain=m.retain
+            )
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                raise SessionLost(f"publish failed: {paho.error_string(info.rc)}")
+            self.inflight[m.id] = m
+            self.progress = True
+            self.released(self.window.sent(m.id, info.mid, m.qos, time.monotonic()))
+            self.up.inflight_peak = max(self.up.inflight_peak, self.window.peak)
+            self.up.last_publish = self.up.clock()
+
+    async def next_batch(self) -> None:
+        """Fill the buffer from the store; at the tail, settle and rescan or wait."""
+        if self.pending_fetch is None:
+            self.pending_fetch = self.fetch(self.cursor)
+        batch = await self.pending_fetch
+        self.pending_fetch = None
+        if batch:
+            self.buf.extend(batch)
+            self.cursor = batch[-1].id
+            if len(batch) >= self.up.batch:  # more behind it: fetch while publishing
+                self.pending_fetch = self.fetch(self.cursor)
+            return
+        if self.cursor and self.progress:
+            # tail reached: let in-flight settle, then rescan from the start
+            # (``resend`` marks old messages unsent again, held streams come back)
+            await self.quiesce(None)
+        else:
+            await self.idle()
+        self.cursor = 0
+        self.progress = False
+        self.clear_ended_holds()
+
+    def clear_ended_holds(self) -> None:
+        """A held stream whose retry went through (nothing of it refused since) is free."""
+        now = time.monotonic()
+        for stream, h in list(self.holds.items()):
+            if now >= h.until + hold_delay(h.attempt) + self.up.timeout_s:
+                del self.holds[stream]
+
+    async def run(self) -> None:
+        self.inner.on_publish = self.on_publish
+        self.pending_fetch = self.fetch(0)
+        try:
+            while True:
+                self.check()
+                if not self.buf:
+                    await self.next_batch()
+                    continue
+                self.publish_some()
+                if self.buf:
+                    await self.wait_slot()
+        except asyncio.CancelledError:
+            # stopping: if still connected, let what is in flight finish and record it
+            if self.inner.is_connected():
+                with contextlib.suppress(Exception):
+                    await self.quiesce(3)
+            raise
+        finally:
+            self.inner.on_publish = self.original
+            if self.pending_fetch is not None:
+                self.pending_fetch.cancel()
+            if self.marking is not None and not self.marking.done():
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self.marking), 2)
