@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mqtt", required=True, help="mqtt://HOST:PORT")
     s.add_argument("--site", required=True)
     s.add_argument("--pubkey", required=True, type=Path, action="append")
+    s.add_argument(
+        "--operator-pubkey",
+        type=Path,
+        action="append",
+        default=[],
+        help="operator key: checks config/set and cmd (never accepted for agent data)",
+    )
     s.add_argument("--seconds", type=float, default=None)
     s.add_argument("--topic-prefix", default="dh/v1")
 
@@ -189,7 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.verify import run_verify
 
         return run_verify(
-            args.mqtt, args.site, args.pubkey, args.seconds, sys.stdout, args.topic_prefix
+            args.mqtt,
+            args.site,
+            args.pubkey,
+            args.seconds,
+            sys.stdout,
+            args.topic_prefix,
+            operator_pubkeys=args.operator_pubkey,
         )
 
     if args.cmd == "sign":

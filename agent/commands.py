@@ -10,13 +10,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config import remote_view
-from agent.jws import Signer, thumbprint
+from agent.jws import thumbprint
 from agent.keys import load_public
-from agent.remote import CMD_WINDOW_S, decide_cmd, decide_config, persist_overlay, write_atomic
+from agent.remote import CMD_WINDOW_S, decide_cmd, decide_config, persist_overlay
+from agent.rotation import Rotation
+from agent.store import Store
 
 if TYPE_CHECKING:
     from agent.runner import Agent
@@ -43,7 +44,8 @@ def rotated_key_path(agent: Agent) -> Path:
 class RemoteHandler:
     def __init__(self, agent: Agent, version: int) -> None:
         self.agent = agent
-        self.version = version
+        self.version = version  # the last applied remote version (stale floor)
+        self.conflict = ""  # why the stored overlay no longer applies ("" when it does)
         self.keys = load_operator_keys(agent.cfg.keys.operator_pubkeys)
         self.seen: dict[str, float] = {}
         self.lock = asyncio.Lock()  # one remote message at a time, in arrival order
@@ -68,7 +70,12 @@ class RemoteHandler:
     async def publish_current(self) -> None:
         up = self.agent.uplink
         if up is not None:
-            body = {"version": self.version, "config": remote_view(self.agent.cfg)}
+            body: dict[str, Any] = {
+                "version": 0 if self.conflict else self.version,  # the one in effect
+                "config": remote_view(self.agent.cfg),
+            }
+            if self.conflict:  # the operator re-sends (a version above overlay_version)
+                body["conflict"] = {"overlay_version": self.version, "reason": self.conflict}
             await up.publish_live("config", "config/current", body, qos=1, retain=True)
 
     async def on_config(self, payload: bytes) -> None:
@@ -93,6 +100,7 @@ class RemoteHandler:
                 )
             else:
                 self.version = new_version
+                self.conflict = ""
                 a.apply_config(new_cfg)
                 await a.emit_event(
                     {
@@ -149,32 +157,27 @@ class RemoteHandler:
         raise ValueError(f"unknown command {name}")
 
     async def rotate_key(self) -> dict[str, Any]:
-        """New agent key: persisted first, announced in an event signed by the old key,
-        used from the next message on."""
+        """New agent key, announced under the old key first (``agent.rotation``)."""
+        return await self.rotation().start()
+
+    def rotation(self) -> Rotation:
         a = self.agent
-        new = Ed25519PrivateKey.generate()
-        pem = new.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+
+        async def announced(kid: str) -> bool:
+            ok, bodies = await a.storage.run("rotation", Store.event_bodies)
+            return bool(ok) and any(
+                b.get("kind") == "key_rotated" and b.get("new_kid") == kid for b in bodies or []
+            )
+
+        async def delivered() -> bool:
+            ok, backlog = await a.storage.run("rotation", Store.backlog)
+            return bool(ok) and not (backlog or {}).get("event", 0)
+
+        return Rotation(
+            a.cfg.storage.path.parent,
+            lambda: a.signer,
+            a.set_signer,
+            a.emit_event,
+            announced,
+            delivered,
         )
-        path = rotated_key_path(a)
-        await asyncio.get_running_loop().run_in_executor(None, write_atomic, path, pem)
-        path.chmod(0o600)
-        pub = new.public_key()
-        pub_pem = pub.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
-        kid = thumbprint(pub)
-        await a.emit_event(
-            {"kind": "key_rotated", "old_kid": a.signer.kid, "new_kid": kid, "new_pubkey": pub_pem}
-        )
-        # the announcement leaves first: wait (bounded) until the broker has it, so a
-        # head-end knows the new key before the first message signed by it
-        assert a.store is not None
-        for _ in range(100):
-            if (await a.call(a.store.backlog)).get("event", 0) == 0:
-                break
-            await asyncio.sleep(0.1)
-        a.set_signer(Signer(new))
-        return {"new_kid": kid}

@@ -84,7 +84,10 @@ def _loads(b: bytes) -> Any:
 
 
 def peek(raw: bytes) -> dict[str, Any] | None:
-    """The unverified payload, only to echo `version`/`id` in a rejection."""
+    """The unverified payload, only to echo `version`/`id` in a rejection (nothing is
+    parsed from an oversized message)."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return None
     try:
         parts = raw.decode("ascii").split(".")
         obj = _loads(_b64d(parts[1])) if len(parts) == 3 else None

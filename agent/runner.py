@@ -29,6 +29,7 @@ from agent import aggregator as agg
 from agent.clock import SyncClock
 from agent.commands import RemoteHandler
 from agent.config import Config
+from agent.degraded import GuardedOutbox, StorageGuard, bound_pending, is_storage_error
 from agent.events import event_body
 from agent.jws import Signer, envelope
 from agent.keys import load_private
@@ -39,10 +40,10 @@ from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
 from agent.poll import device_spec
 from agent.remote import apply_overlay
+from agent.runner_storage import StorageMixin
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
-from agent.uplink import MqttSettings, Outgoing, Uplink
-from agent.uplink_drain import Refusal, refusal_event_of
+from agent.uplink import MqttSettings, Uplink
 from drivers.device import Device, DevicePool
 from drivers.types import Clock, Reading
 
@@ -62,6 +63,7 @@ class Channel:
     poll_s: float = 1.0
     stored_ts: float = -math.inf  # time of the last reading kept for the disk
     poll_now: asyncio.Event = field(default_factory=asyncio.Event)
+    loaded: bool = False  # aggregator state and samples read from the store
 
 
 def release_free_memory() -> None:
@@ -125,8 +127,14 @@ def to_sample(r: Reading, ts: float, extra: frozenset[str]) -> agg.Sample:
     return agg.Sample(ts=ts, values=vals, flags=frozenset(flags))
 
 
-class Agent:
-    def __init__(self, cfg: Config, clock: Clock | None = None, config_version: int = 0) -> None:
+class Agent(StorageMixin):
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock | None = None,
+        config_version: int = 0,
+        config_conflict: str = "",
+    ) -> None:
         self.cfg = cfg
         self.config_version = config_version
         self.clock: Clock = clock if clock is not None else SyncClock()
@@ -152,6 +160,19 @@ class Agent:
         self.stopping = asyncio.Event()
         self.topic = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}"
         self.remote = RemoteHandler(self, config_version)
+        self.remote.conflict = config_conflict
+        self.storage = StorageGuard(
+            self.call,
+            lambda: Store(
+                cfg.storage.path,
+                max_mb=cfg.storage.max_mb,
+                sample_retention_days=cfg.storage.sample_retention_days,
+            ),
+            cfg.storage.path,
+            wall=self.clock.wall,
+            mono=self.clock.mono,
+        )
+        self.outbox = GuardedOutbox(self.storage)
 
     # --- helpers ------------------------------------------------------------------
 
@@ -179,27 +200,19 @@ class Agent:
         return sign
 
     async def emit_event(self, ev: dict[str, Any]) -> None:
-        """Store (signed, chained) and queue one event."""
-        assert self.store is not None
+        """Store (signed, chained) and queue one event; kept in memory while the store is
+        out (degraded mode), stored in order once it works again."""
         body = event_body(ev, self.clock.wall())
         log.info("event %s %s", body.get("kind"), body.get("device", ""))
-        await self.call(self.store.add_event, body, f"{self.topic}/event", self.sign_body("event"))
-        if self.uplink is not None:
-            self.uplink.wake()
+        self.storage.queue_event(body)
+        await self.flush_events()
 
     # --- startup --------------------------------------------------------------------
 
     async def open(self) -> None:
         cfg = self.cfg
-        self.store = store = await self.call(
-            lambda: Store(
-                cfg.storage.path,
-                max_mb=cfg.storage.max_mb,
-                sample_retention_days=cfg.storage.sample_retention_days,
-            )
-        )
-        self.boot = await self.call(store.next_boot)
-        await self.remote.load_seen()
+        self.storage.on_open = self.on_store_open
+        await self.storage.open()  # a failure: degraded mode, retried by storage_loop
         self.uplink = Uplink(
             MqttSettings(
                 url=cfg.mqtt.url,
@@ -216,34 +229,35 @@ class Agent:
                 keepalive_s=cfg.mqtt.keepalive_s,
             ),
             self.signer,
-            store,
+            self.outbox,
             self.db,
             boot=self.boot,
             on_message=self.on_message,
             subscriptions=[f"{self.topic}/config/set", f"{self.topic}/cmd"],
             on_refused=self.on_refused,
+            on_event=self.emit_event,
         )
+        if self.remote.conflict:  # a local edit made the remote overlay inapplicable
+            await self.emit_event(
+                {
+                    "kind": "config_conflict",
+                    "overlay_version": self.remote.version,
+                    "reason": self.remote.conflict,
+                }
+            )
 
     async def open_devices(self) -> None:
         """The devices and their record channels: after the uplink's first connect, so
         start-up imports (the Modbus stack) do not delay the first publish."""
-        cfg, store = self.cfg, self.store
-        assert store is not None
+        cfg = self.cfg
         for d in cfg.devices:
             spec = device_spec(d)
             dev = self.pool.add(spec)
             rollover = {r.name: r.rollover for r in spec.profile.registers if r.rollover}
-            raw = await self.call(store.load_agg_state, d.name)
-            state = agg.AggState.from_json(raw) if raw else agg.AggState.initial()
-            ch = Channel(dev, record_params(cfg, d.name, d.role, rollover), state, poll_s=d.poll_s)
-            since = state.boundary if state.boundary is not None else 0.0
-            rows = await self.call(store.samples_since, d.name, float(since))
-            ch.pending = [
-                agg.Sample(ts=r.ts, values=r.values, flags=frozenset(r.flags))
-                for r in rows
-                if r.ts is not None
-            ]
+            params = record_params(cfg, d.name, d.role, rollover)
+            ch = Channel(dev, params, agg.AggState.initial(), poll_s=d.poll_s)
             self.channels[d.name] = ch
+            await self.load_channel(ch)
             if d.role == "actuator" and d.name == cfg.limiter.actuator:
                 self.actuator = dev
             if d.role == "heat_meter" and self.meter is None:
@@ -263,17 +277,6 @@ class Agent:
             await self.remote.handle(topic, payload)
         except Exception:  # garbage on a subscribed topic never stops the agent
             log.exception("remote message on %s not handled", topic)
-
-    async def on_refused(self, m: Outgoing, r: Refusal) -> None:
-        """A stored message the broker refused for good: a `message_refused` event (none for
-        a refused `message_refused` event, so a refused event topic cannot loop)."""
-        ev = refusal_event_of(m, r)
-        if ev is None:
-            return
-        try:
-            await self.emit_event(ev)
-        except Exception as e:  # the refusal stays recorded in the store and the log
-            log.warning("message_refused event not stored: %s", e)
 
     def apply_config(self, cfg: Config) -> None:
         """Put a validated config in effect without a restart (remote config/set):
@@ -356,12 +359,16 @@ class Agent:
             self.release_pending = False
             await self.write_limit(self.lparams.default_pct)
         # timestamps: readings before clock sync are held and restamped later
-        steps = self.stamper.steps
+        steps, accepted = self.stamper.steps, self.stamper.accepted
         stamped = self.stamper.push(r)
-        if self.stamper.steps != steps:
-            await self.emit_event(
-                {"kind": "clock_step", "step_s": round(self.stamper.last_step_s, 3), "t": r.ts}
-            )
+        if self.stamper.steps != steps or self.stamper.accepted != accepted:
+            # readings across a step are placed by the monotonic clock and flagged until
+            # the step is accepted (small and lasting) or the wall clock agrees again
+            action = "accepted" if self.stamper.accepted != accepted else "held"
+            step = round(self.stamper.last_step_s, 3)
+            log.warning("clock step of %+.3f s (%s)", step, action)
+            t = stamped[-1][1] if stamped else None  # on the record time line
+            await self.emit_event({"kind": "clock_step", "step_s": step, "action": action, "t": t})
         for rr, ts, flags in stamped:
             if self.limiting and role == "heat_meter":
                 flags = flags | {"limited"}
@@ -387,6 +394,9 @@ class Agent:
         await self.close_periods(ch)
 
     async def close_periods(self, ch: Channel) -> None:
+        if not ch.loaded and not await self.load_channel(ch):
+            bound_pending(ch.pending, ch.params.period_s)
+            return
         st = ch.state
         if not ch.pending:
             return
@@ -400,17 +410,16 @@ class Agent:
         if not records:
             ch.state = new_state
             return
-        assert self.store is not None
         # the samples behind these records go first, so a crash cannot lose them
         await self.flush_samples()
-        await self.call(
-            self.store.commit_intervals,
-            ch.params.device,
-            new_state.to_json(),
-            records,
-            f"{self.topic}/interval",
-            self.sign_body("interval"),
+        name, state_json = ch.params.device, new_state.to_json()
+        topic, sign = f"{self.topic}/interval", self.sign_body("interval")
+        ok, _ = await self.storage.run(
+            "records", lambda st: st.commit_intervals(name, state_json, records, topic, sign)
         )
+        if not ok:  # degraded: the readings stay pending (bounded) until the store works
+            bound_pending(ch.pending, ch.params.period_s)
+            return
         ch.state = new_state
         b = new_state.boundary
         ch.pending = [s for s in ch.pending if b is None or s.ts > b]
@@ -418,7 +427,12 @@ class Agent:
             for ev in self.monitors.on_record(rec):
                 await self.emit_event(ev)
         if ch is self.meter:
-            await self.monthly_review(records[-1])
+            try:
+                await self.monthly_review(records[-1])
+            except Exception as e:
+                if not is_storage_error(e):
+                    raise
+                self.storage.failed("contract review", e)
         if self.uplink is not None:
             self.uplink.wake()
 
@@ -484,20 +498,22 @@ class Agent:
                     return
 
     async def flush_samples(self) -> None:
-        if not self.sample_buf or self.store is None:
+        g = self.storage
+        rows = g.samples + self.sample_buf
+        g.samples, self.sample_buf = [], []
+        if not rows:
             return
-        rows, self.sample_buf = self.sample_buf, []
-        await self.call(self.store.add_samples, rows)
-
-    async def flush_loop(self) -> None:
-        while await self.pause(self.cfg.storage.flush_s):
-            await self.flush_samples()
+        ok, _ = await g.run("samples", lambda st: st.add_samples(rows))
+        if not ok:
+            g.keep_samples(rows)
 
     async def maintenance_loop(self) -> None:
-        assert self.store is not None
         while await self.pause(3600):
-            done = await self.call(self.store.prune, self.clock.wall())
+            now = self.clock.wall()
+            ok, done = await self.storage.run("prune", Store.prune, now)
             release_free_memory()
+            if not ok or done is None:
+                continue
             lost = {k: v for k, v in done.items() if k != "samples" and v}
             if lost:
                 await self.emit_event({"kind": "data_pruned", "lost": lost})
@@ -518,6 +534,8 @@ class Agent:
                     if ch.last is not None
                 },
                 "limiting": self.limiting,
+                "storage": self.storage.state.view(),
+                "refused_subscriptions": dict(self.uplink.refused_subscriptions),
             }
             await self.uplink.publish_live("telemetry", "telemetry", body)
 
@@ -558,6 +576,8 @@ class Agent:
                     tg.create_task(self.telemetry_loop(), name="telemetry"),
                     tg.create_task(self.watchdog_loop(), name="watchdog"),
                     tg.create_task(self.announce_loop(), name="announce"),
+                    tg.create_task(self.storage_loop(), name="storage"),
+                    tg.create_task(self.remote.rotation().resume(), name="rotation"),
                 ]
                 for ch in self.channels.values():
                     tasks.append(
@@ -596,8 +616,11 @@ class Agent:
             await asyncio.wait_for(self.pool.close(), 5)
         except Exception as e:
             log.warning("closing the devices: %s", e)
-        if self.store is not None:
-            await self.call(self.store.close)
+        if self.storage.store is not None:
+            try:
+                await self.call(self.storage.store.close)
+            except Exception as e:  # a full disk at the very end: nothing signed is lost
+                log.warning("closing the store: %s", e)
         self.db.shutdown(wait=True)
 
 
@@ -605,8 +628,8 @@ def run_agent(cfg: Config) -> int:
     t0 = time.monotonic()
     cfg, version, problem = apply_overlay(cfg)
     if problem:
-        log.error("remote config overlay ignored: %s", problem)
-    agent = Agent(cfg, config_version=version)
+        log.error("remote config overlay ignored (local file in effect): %s", problem)
+    agent = Agent(cfg, config_version=version, config_conflict=problem)
     asyncio.run(agent.run())
     log.info("stopped after %.0f s", time.monotonic() - t0)
     return 0

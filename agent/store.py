@@ -131,6 +131,17 @@ class Store(SampleStore):
         self._live[stream] = (nxt + 1, limit)
         return nxt
 
+    def raise_seq_floor(self, stream: str, last: int) -> None:
+        """Live stream ``stream`` has handed out seqs up to ``last`` without the store
+        (degraded mode): the next seq is above it (durable)."""
+        self._check()
+        with self._txn(durable=True) as c:
+            floor = max(self._last_seq(c, stream), int(last))
+            nxt, _limit = self._live.get(stream, (0, 0))
+            floor = max(floor, nxt - 1)
+            c.execute("INSERT OR REPLACE INTO seqs(stream, last) VALUES (?, ?)", (stream, floor))
+        self._live.pop(stream, None)
+
     # --- stored messages --------------------------------------------------------------------
 
     # the lookup caches change only when the transaction commits (``_stage``): after a

@@ -167,9 +167,12 @@ class StoreCore:
             return
         # live streams: give back the unused rest of each reserved block
         if self._live:
-            with self._txn(durable=True) as c:
-                for stream, (nxt, _limit) in self._live.items():
-                    c.execute("UPDATE seqs SET last = ? WHERE stream = ?", (nxt - 1, stream))
+            try:
+                with self._txn(durable=True) as c:
+                    for stream, (nxt, _limit) in self._live.items():
+                        c.execute("UPDATE seqs SET last = ? WHERE stream = ?", (nxt - 1, stream))
+            except sqlite3.Error:  # a full disk: the reserved blocks stay (a gap, no reuse)
+                pass
             self._live.clear()
         try:
             self.conn.execute("PRAGMA optimize")

@@ -47,13 +47,17 @@ import paho.mqtt.client as paho
 
 from agent.jws import Signer, envelope
 from agent.uplink_conn import (
+    INBOX_SIZE,
+    MAX_INBOUND_BYTES,
     BrokerAddress,
     backoff_delay,
     connect,
+    connect_properties,
     describe_error,
     no_delay,
     parse_url,
     payload_bytes,
+    release,
     tls_context,
 )
 from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold, Window
@@ -144,6 +148,7 @@ class Uplink:
         connect_timeout_s: float = 5.0,
         rng: Callable[[], float] = random.random,
         on_refused: OnRefused | None = None,
+        on_event: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.addr = parse_url(settings.url)
@@ -162,6 +167,7 @@ class Uplink:
         self.connect_timeout_s = connect_timeout_s
         self.rng = rng
         self.on_refused = on_refused  # a stored message refused for good (MQTT 5 PUBACK)
+        self.on_event = on_event  # events of the uplink (subscription_refused)
         self.base = f"{settings.topic_prefix}/{settings.site}"
         self.status_topic = f"{self.base}/status"
         self.client_id = settings.client_id or f"dh-agent-{settings.site}"
@@ -187,6 +193,9 @@ class Uplink:
         self.holds: dict[str, StreamHold] = {}  # streams held after a transient refusal
         self.refused_subscriptions: dict[str, str] = {}  # topic -> reason (SUBACK)
         self.background: set[asyncio.Task[None]] = set()
+        self.inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(INBOX_SIZE)
+        self.inbound_oversized = 0  # subscribed messages over MAX_INBOUND_BYTES
+        self.inbound_dropped = 0  # subscribed messages dropped: the inbox was full
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -228,6 +237,8 @@ class Uplink:
             keepalive=s.keepalive_s,
             timeout=self.connect_timeout_s,  # for CONNECT; raised to timeout_s once connected
             max_inflight_messages=self.window,
+            max_queued_incoming_messages=INBOX_SIZE,
+            properties=connect_properties() if v5 else None,
             tls_context=ctx,
             logger=mqtt_log,
         )
@@ -262,6 +273,7 @@ class Uplink:
     async def run(self) -> None:
         """Connect and reconnect forever; cancel to stop (publishes offline if connected)."""
         self._run_task = asyncio.current_task()
+        handler = asyncio.create_task(self._handle_loop(), name="uplink-handler")
         attempt = 0
         try:
             while True:
@@ -286,6 +298,7 @@ class Uplink:
                 await asyncio.sleep(delay)
         finally:
             self.connected = False
+            handler.cancel()
 
     async def _connection(self) -> None:
         """One connection, until it is lost (raises then)."""
@@ -317,6 +330,7 @@ class Uplink:
         finally:
             self.connected = False
             self._client = None
+            release(client)
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(client.__aexit__(None, None, None), 3)
 
@@ -363,17 +377,48 @@ class Uplink:
         reason = str(refused[0])
         if self.refused_subscriptions.get(topic) != reason:
             log.error("uplink: the broker refused the subscription to %s: %s", topic, reason)
+            if self.on_event is not None:
+                ev = {"kind": "subscription_refused", "topic": topic, "reason": reason}
+                task = asyncio.get_running_loop().create_task(self._emit(ev))
+                self.background.add(task)
+                task.add_done_callback(self.background.discard)
         self.refused_subscriptions[topic] = reason
 
+    async def _emit(self, ev: dict[str, Any]) -> None:
+        assert self.on_event is not None
+        try:
+            await self.on_event(ev)
+        except Exception as e:
+            log.warning("uplink: event %s not stored: %s", ev.get("kind"), e)
+
     async def _receive(self, client: aiomqtt.Client) -> None:
-        """Deliver subscribed messages; also how a lost connection is noticed."""
+        """Queue subscribed messages for ``_handle_loop`` (bounded; a handler never runs on
+        the receive path); also how a lost connection is noticed. An oversized payload is
+        cut to ``MAX_INBOUND_BYTES + 1`` at once (the handler rejects it unparsed)."""
         async for m in client.messages:
             if self.on_message is None:
                 continue
+            raw = payload_bytes(m.payload)
+            if len(raw) > MAX_INBOUND_BYTES:
+                self.inbound_oversized += 1
+                log.warning("uplink: %d-byte message on %s: too large", len(raw), m.topic)
+                raw = raw[: MAX_INBOUND_BYTES + 1]
             try:
-                await self.on_message(str(m.topic), payload_bytes(m.payload))
+                self.inbox.put_nowait((str(m.topic), raw))
+            except asyncio.QueueFull:
+                self.inbound_dropped += 1
+                log.warning("uplink: inbound queue full; message on %s dropped", m.topic)
+
+    async def _handle_loop(self) -> None:
+        """Run ``on_message`` for queued messages, one at a time, off the receive path."""
+        while True:
+            topic, raw = await self.inbox.get()
+            if self.on_message is None:
+                continue
+            try:
+                await self.on_message(topic, raw)
             except Exception:  # garbage on a subscribed topic never stops the uplink
-                log.exception("uplink: handler failed for a message on %s", m.topic)
+                log.exception("uplink: handler failed for a message on %s", topic)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Publish the stored backlog and every new stored message (``agent.uplink_drain``)."""
@@ -420,6 +465,7 @@ class Uplink:
             try:
                 await self._say_offline(client, will)
             finally:
+                release(client)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.__aexit__(None, None, None), 2)
         except (aiomqtt.MqttError, OSError, ssl.SSLError) as e:

@@ -12,6 +12,22 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+# subscribed messages (config/set, cmd): the operator's limit is 64 KiB; the broker is told
+# (MQTT 5 Maximum Packet Size) not to send a packet much larger, and at most INBOX_SIZE
+# wait for their handler
+MAX_INBOUND_BYTES = 64 * 1024
+MAX_PACKET_BYTES = MAX_INBOUND_BYTES + 4096  # topic, properties, header
+INBOX_SIZE = 16
+
+
+def connect_properties() -> Properties:
+    """MQTT 5 CONNECT properties: the Maximum Packet Size the agent accepts."""
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.MaximumPacketSize = MAX_PACKET_BYTES
+    return props
 
 
 @dataclass(frozen=True)
@@ -136,3 +152,12 @@ def no_delay(client: aiomqtt.Client) -> None:
     if sock is not None:
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def release(client: aiomqtt.Client) -> None:
+    """The uplink is done with this client: whatever ends its connection later (the broker
+    stopping after a cancelled ``__aexit__``) is expected, so its disconnection future is
+    consumed instead of being reported as "Future exception was never retrieved"."""
+    fut = getattr(client, "_disconnected", None)
+    if isinstance(fut, asyncio.Future):
+        fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())

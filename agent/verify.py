@@ -5,7 +5,8 @@
 
 Checks, in order: JWS (alg, kid among the given public keys, Ed25519 signature), the
 envelope (``v`` = 1, ``site`` = the site, ``stream`` matching the topic, ``seq`` >= 1,
-``ts`` RFC 3339 UTC), then continuity per (signer kid, stream):
+``ts`` RFC 3339 UTC), then continuity per stream, whatever key signed it (a gap or a
+broken chain across a key rotation is reported like any other):
 
 - ``interval`` / ``event`` (stored, chained): ``seq`` N follows N-1 and ``prev`` is
   base64url(SHA-256) of message N-1 as received; seq 1 has ``prev`` null. A seq
@@ -17,9 +18,16 @@ envelope (``v`` = 1, ``site`` = the site, ``stream`` matching the topic, ``seq``
   byte-identical repeat is ``duplicate`` (ok), anything else at or below the last seq is
   ``seq_not_increasing`` (not ok).
 
+Keys: agent data (every topic but ``config/set`` and ``cmd``) verifies only with agent keys,
+operator messages only with ``operator_keys`` (``wrong_signer`` when an operator key signs
+agent data; without operator keys, operator messages are ``unchecked``, ok). An agent key
+beyond the ones given is accepted only after its announcement: a verified ``key_rotated``
+event (``new_kid``, ``new_pubkey``) signed by an accepted agent key, and on the ``event``
+stream only for seqs after the announcement's.
+
 Reasons that start a not-ok result: ``malformed``, ``bad_alg``, ``unknown_kid``,
 ``bad_signature``, ``bad_envelope``, ``wrong_site``, ``wrong_stream``, ``gap``,
-``chain_broken``, ``bad_prev``, ``seq_reused``, ``seq_not_increasing``.
+``chain_broken``, ``bad_prev``, ``seq_reused``, ``seq_not_increasing``, ``wrong_signer``.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.jws import CHAINED_STREAMS, JWSError, chain_hash, header_kid, thumbprint, verify
@@ -52,6 +61,7 @@ TOPIC_STREAMS: dict[str, str] = {
     "cmd": "cmd",
     "cmd/ack": "ack",
 }
+OPERATOR_TOPICS = frozenset({"config/set", "cmd"})
 MAX_REMEMBERED = 100_000
 _TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -74,12 +84,18 @@ class StreamState:
 
 class Checker:
     def __init__(
-        self, site: str, keys: Mapping[str, Ed25519PublicKey], topic_prefix: str = "dh/v1"
+        self,
+        site: str,
+        keys: Mapping[str, Ed25519PublicKey],
+        topic_prefix: str = "dh/v1",
+        operator_keys: Mapping[str, Ed25519PublicKey] | None = None,
     ) -> None:
         self.site = site
-        self.keys = dict(keys)
+        self.keys = dict(keys)  # agent keys: the given ones and the announced ones
+        self.operator_keys = dict(operator_keys or {})
+        self.announced: dict[str, int] = {}  # kid -> event seq of its announcement
         self.base = f"{topic_prefix}/{site}/"
-        self.streams: dict[tuple[str, str], StreamState] = {}
+        self.streams: dict[str, StreamState] = {}
         self.counts = {"ok": 0, "bad": 0}
 
     def check(self, topic: str, payload: bytes, retained: bool = False) -> dict[str, Any]:
@@ -103,9 +119,15 @@ class Checker:
             text = payload.decode("ascii").strip()
         except UnicodeDecodeError:
             return "malformed: not ASCII"
-        res["kid"] = header_kid(text)
+        res["kid"] = kid = header_kid(text)
+        sub = topic[len(self.base) :] if topic.startswith(self.base) else None
+        operator = sub in OPERATOR_TOPICS
+        if operator and not self.operator_keys:
+            return "unchecked: an operator message (no operator key given)"
+        if not operator and kid in self.operator_keys and kid not in self.keys:
+            return "wrong_signer: an operator key signed agent data"
         try:
-            env = verify(text, self.keys)
+            env = verify(text, self.operator_keys if operator else self.keys)
         except JWSError as e:
             return str(e)
         stream, seq = env.get("stream"), env.get("seq")
@@ -122,7 +144,6 @@ class Checker:
             return "bad_envelope: no body"
         if env.get("site") != self.site:
             return f"wrong_site: {str(env.get('site'))[:64]!r}"
-        sub = topic[len(self.base) :] if topic.startswith(self.base) else None
         want = TOPIC_STREAMS.get(sub) if sub is not None else None
         if want is not None and want != stream:
             return f"wrong_stream: {stream!r} on {sub}"
@@ -130,7 +151,11 @@ class Checker:
             body = env["body"]
             if not isinstance(body, dict) or body.get("state") not in ("online", "offline"):
                 return "bad_envelope: status body"
-        st = self.streams.setdefault((str(res["kid"]), str(stream)), StreamState())
+        seq = int(res["seq"])
+        if stream == "event" and kid in self.announced and seq <= self.announced[kid]:
+            return f"unknown_kid: {kid} signed event {seq}, before its announcement"
+        key = f"operator:{stream}" if operator else str(stream)
+        st = self.streams.setdefault(key, StreamState())
         h = chain_hash(text)
         if stream in CHAINED_STREAMS:
             if "prev" not in env:
@@ -138,8 +163,26 @@ class Checker:
             prev = env["prev"]
             if prev is not None and not isinstance(prev, str):
                 return "bad_envelope: prev"
-            return self._chained(st, int(res["seq"]), h, prev)
-        return self._plain(st, int(res["seq"]), h)
+            reason = self._chained(st, seq, h, prev)
+            if stream == "event" and reason.split(":")[0] not in _BAD:
+                self._announcement(env["body"], seq)
+            return reason
+        return self._plain(st, seq, h)
+
+    def _announcement(self, body: Any, seq: int) -> None:
+        """A verified ``key_rotated`` event: its new key signs agent data from now on."""
+        if not isinstance(body, dict) or body.get("kind") != "key_rotated":
+            return
+        kid, pem = body.get("new_kid"), body.get("new_pubkey")
+        if not isinstance(kid, str) or not isinstance(pem, str) or kid in self.keys:
+            return
+        try:
+            pub = serialization.load_pem_public_key(pem.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            return
+        if isinstance(pub, Ed25519PublicKey) and thumbprint(pub) == kid:
+            self.keys[kid] = pub
+            self.announced[kid] = seq
 
     @staticmethod
     def _chained(st: StreamState, seq: int, h: str, prev: str | None) -> str:
@@ -191,6 +234,7 @@ _BAD = frozenset(
         "bad_prev",
         "seq_reused",
         "seq_not_increasing",
+        "wrong_signer",
     }
 )
 
@@ -276,6 +320,7 @@ def run_verify(
     out: TextIO,
     topic_prefix: str = "dh/v1",
     *,
+    operator_pubkeys: Sequence[Path] = (),
     ca_file: str | None = None,
     cert_file: str | None = None,
     key_file: str | None = None,
@@ -284,10 +329,11 @@ def run_verify(
 ) -> int:
     try:
         keys = load_keys(pubkeys)
+        operator_keys = load_keys(operator_pubkeys)
     except (OSError, ValueError) as e:
         print(f"verify: {e}", file=sys.stderr)
         return 2
-    checker = Checker(site, keys, topic_prefix)
+    checker = Checker(site, keys, topic_prefix, operator_keys)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(
             verify_async(

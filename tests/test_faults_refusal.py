@@ -70,6 +70,20 @@ def test_a_refused_subscription_is_reported_and_cleared() -> None:
     assert up.refused_subscriptions == {"a": "Not authorized", "b": "128"}
     up._suback("a", (1,))
     assert up.refused_subscriptions == {"b": "128"}
+    # reported once per refusal as a `subscription_refused` event
+    events: list[dict[str, Any]] = []
+
+    async def on_event(ev: dict[str, Any]) -> None:
+        events.append(ev)
+
+    async def twice() -> None:
+        up.on_event = on_event
+        up._suback("c", (0x80,))
+        up._suback("c", (0x80,))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(twice())
+    assert events == [{"kind": "subscription_refused", "topic": "c", "reason": "128"}]
 
 
 def test_refused_event_stream_never_blocks_intervals_and_resend_retries_it(

@@ -39,21 +39,54 @@ def test_held_readings_are_bounded_and_counted() -> None:
     ]
 
 
-def test_backward_step_never_goes_back_in_time_per_device() -> None:
-    st = ReadingStamper()
+def test_a_backward_step_is_placed_by_the_monotonic_clock_until_accepted() -> None:
+    st = ReadingStamper(confirm_s=20.0)
     assert len(st.push(rd(1000.0, 1.0, True))) == 1
     assert len(st.push(rd(1001.0, 2.0, True))) == 1
-    # the clock steps back 30 s: readings up to the old time are dropped, then flow again
-    assert st.push(rd(972.0, 3.0, True)) == []
-    assert st.steps == 1 and st.dropped_backward == 1 and st.last_step_s == -30.0
-    assert st.push(rd(1001.0, 32.0, True)) == []
-    assert [ts for _, ts, _ in st.push(rd(1002.0, 33.0, True))] == [1002.0]
+    # the wall clock steps back 30 s: placed on the monotonic time line, flagged
+    assert [(ts, sorted(f)) for _, ts, f in st.push(rd(972.0, 3.0, True))] == [
+        (1002.0, ["clock_step"])
+    ]
+    assert st.steps == 1 and st.last_step_s == -30.0
+    assert [ts for _, ts, _ in st.push(rd(982.0, 13.0, True))] == [1012.0]
+    # it persists for confirm_s and is small: accepted; the time line never goes back, so
+    # readings up to the last one placed are dropped
+    assert st.push(rd(1000.0, 31.0, True)) == [] and st.accepted == 1
+    assert st.push(rd(1012.0, 43.0, True)) == []
+    assert [(ts, f) for _, ts, f in st.push(rd(1013.0, 44.0, True))] == [(1013.0, frozenset())]
     # other devices have their own time line
-    assert len(st.push(rd(990.0, 33.5, True, dev="dp1"))) == 1
+    assert len(st.push(rd(1013.5, 44.5, True, dev="dp1"))) == 1
+    assert st.steps == 1
 
 
-def test_forward_step_is_counted_and_kept() -> None:
+def test_a_forward_step_never_books_the_future() -> None:
+    """The wall clock jumps 10 minutes ahead for 4 seconds (issue 13 item 4): the readings
+    stay on the monotonic time line, flagged; then the wall clock agrees again."""
     st = ReadingStamper()
     st.push(rd(1000.0, 1.0, True))
-    out = st.push(rd(4600.0, 2.0, True))
-    assert [ts for _, ts, _ in out] == [4600.0] and st.steps == 1 and st.last_step_s == 3599.0
+    got = [st.push(rd(1000.0 + 600 + k, 1.0 + k, True)) for k in range(1, 5)]
+    assert [[(ts, sorted(f)) for _, ts, f in o] for o in got] == [
+        [(1000.0 + k, ["clock_step"])] for k in range(1, 5)
+    ]
+    assert st.steps == 1 and st.last_step_s == 600.0
+    assert [(ts, f) for _, ts, f in st.push(rd(1005.0, 6.0, True))] == [(1005.0, frozenset())]
+    assert st.accepted == 0
+
+
+def test_a_year_step_is_never_accepted() -> None:
+    st = ReadingStamper(confirm_s=10.0)
+    st.push(rd(1000.0, 1.0, True))
+    year = 365 * 86400.0
+    for k in range(1, 100):
+        ((_, ts, f),) = st.push(rd(1000.0 + year + k, 1.0 + k, True))
+        assert ts == 1000.0 + k and f == {"clock_step"}
+    assert st.steps == 1 and st.accepted == 0
+
+
+def test_a_small_persistent_forward_step_is_accepted() -> None:
+    st = ReadingStamper(confirm_s=10.0)
+    st.push(rd(1000.0, 1.0, True))
+    out = [st.push(rd(1030.0 + k, 1.0 + k, True))[0] for k in range(1, 13)]
+    assert [ts for _, ts, _ in out[:10]] == [1000.0 + k for k in range(1, 11)]
+    assert out[10][1] == 1041.0 and st.accepted == 1
+    assert out[11][1:] == (1042.0, frozenset())

@@ -134,11 +134,13 @@ def test_bad_messages(signer: Signer) -> None:
 
 def test_operator_and_agent_config_streams_are_separate(signer: Signer) -> None:
     op = Signer(Ed25519PrivateKey.generate())
-    ch = Checker(SITE, {signer.kid: signer.public_key, op.kid: op.public_key})
+    ch = Checker(SITE, {signer.kid: signer.public_key}, operator_keys={op.kid: op.public_key})
     cur = signer.sign(envelope(SITE, "config", 1, None, 1, {"version": 0})).encode()
     cset = op.sign(envelope(SITE, "config", 1_700_000_000, None, 1, {"version": 1})).encode()
     assert results(ch, "config/current", [cur]) == [(True, "ok")]
     assert results(ch, "config/set", [cset]) == [(True, "ok")]
+    # without operator keys, operator messages are not judged
+    assert results(checker(signer), "config/set", [cset]) == [(True, "unchecked")]
 
 
 # --- the command, end to end -------------------------------------------------------------
