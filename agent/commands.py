@@ -37,10 +37,6 @@ def load_operator_keys(paths: tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
-def rotated_key_path(agent: Agent) -> Path:
-    return agent.cfg.storage.path.parent / "agent-rotated.key"
-
-
 class RemoteHandler:
     def __init__(self, agent: Agent, version: int) -> None:
         self.agent = agent

@@ -111,16 +111,19 @@ class StreamHold:
 
 @dataclass
 class Marks:
-    """Acknowledged (or refused) messages waiting for the store, and those whose mark failed
-    (kept in memory, skipped by the publisher, marked again with the next marks)."""
+    """Acknowledged (``unmarked``) or refused (``unmarked_refused``) messages not yet written
+    to the store: skipped by the publisher until written (kept across sessions, so a failing
+    write on a full disk never makes them go out again)."""
 
-    sent: list[int] = field(default_factory=list)
-    refused: list[tuple[int, int, str]] = field(default_factory=list)  # (id, code, reason)
     unmarked: set[int] = field(default_factory=set)
+    unmarked_refused: dict[int, tuple[int, str]] = field(default_factory=dict)
     failures: int = 0
 
-    def pending(self) -> bool:
-        return bool(self.sent or self.refused)
+    def waiting(self) -> bool:
+        return bool(self.unmarked or self.unmarked_refused)
+
+    def skip(self, sid: int) -> bool:
+        return sid in self.unmarked or sid in self.unmarked_refused
 
 
 OnRefused = Callable[["Outgoing", Refusal], Coroutine[Any, Any, None]]
@@ -230,14 +233,14 @@ class Drain:
             m = self.inflight.pop(sid, None)
             refusal = self.refused_now.pop(sid, None)
             if refusal is None:
-                self.marks.sent.append(sid)
+                self.marks.unmarked.add(sid)
             elif refusal.permanent:
-                self.marks.refused.append((sid, refusal.code, refusal.reason))
+                self.marks.unmarked_refused[sid] = (refusal.code, refusal.reason)
                 if m is not None:
                     self.report(m, refusal)
             elif m is not None:
                 self.hold(m, refusal)
-        if self.marks.pending() and (self.marking is None or self.marking.done()):
+        if self.marks.waiting() and (self.marking is None or self.marking.done()):
             self.marking = self.loop.create_task(self.mark_loop())
         w = self.waiter
         if (
@@ -279,30 +282,28 @@ class Drain:
 
     async def mark_loop(self) -> None:
         m = self.marks
-        while m.pending():
-            sent, refused = m.sent[:], m.refused[:]
-            del m.sent[:], m.refused[:]
-            ids = sorted(m.unmarked | set(sent))
+        while m.waiting():
+            refused = [(i, c, r) for i, (c, r) in m.unmarked_refused.items()]
+            ids = sorted(m.unmarked)
             try:
                 if refused:
                     await self.up.db(self.up.store.mark_refused, refused)
+                    for i, _c, _r in refused:
+                        m.unmarked_refused.pop(i, None)
                 if ids:
                     await self.up.db(self.up.store.mark_sent, ids)
+                    m.unmarked.difference_update(ids)
             except Exception as e:  # a full disk: keep them in memory, never re-publish
-                m.unmarked.update(sent)
-                m.unmarked.update(r[0] for r in refused)
                 m.failures += 1
                 if m.failures == 1 or m.failures % 100 == 0:
                     log.warning(
-                        "uplink: marking %d messages sent failed (%s); kept in memory",
+                        "uplink: marking %d messages failed (%s); kept in memory",
                         len(ids) + len(refused),
                         e,
                     )
                 return
-            m.unmarked.difference_update(ids)
-            m.unmarked.difference_update(r[0] for r in refused)
             m.failures = 0
-            self.up.published += len(sent)
+            self.up.published += len(ids)
 
     # --- waiting ---------------------------------------------------------------------------
 
@@ -339,11 +340,11 @@ class Drain:
         wait = 30.0
         for h in self.holds.values():
             wait = min(wait, max(0.05, h.until - now))
-        if self.marks.unmarked:
+        if self.marks.waiting():
             wait = min(wait, 5.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.up.wake_event.wait(), wait)
-        if self.marks.unmarked and (self.marking is None or self.marking.done()):
+        if self.marks.waiting() and (self.marking is None or self.marking.done()):
             self.marking = self.loop.create_task(self.mark_loop())
 
     # --- reading and publishing -------------------------------------------------------------
@@ -353,7 +354,7 @@ class Drain:
         return asyncio.ensure_future(self.up.db(self.up.store.unsent, self.up.batch, after))
 
     def skip(self, m: Outgoing, now: float) -> bool:
-        if m.id in self.marks.unmarked:
+        if self.marks.skip(m.id):
             return True
         h = self.holds.get(m.stream)
         # once the hold is over the stream is tried again (its attempt count stays)

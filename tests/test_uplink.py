@@ -545,7 +545,9 @@ def test_garbage_on_subscribed_topics_never_stops_it(
         finally:
             pub.loop_stop()
             pub.disconnect()
-        await await_until(lambda: len(got) >= 2 * len(garbage), 10, "garbage delivered")
+        # all but the 200 kB ones: MQTT 5 Maximum Packet Size, the broker never sends those
+        await await_until(lambda: len(got) >= 2 * (len(garbage) - 1), 10, "garbage delivered")
+        assert all(len(p) < 100_000 for _, p in got)
         assert up.connected and up.connects == 1
         add(store, signer, "interval", {"after": "garbage"})
         up.wake()
@@ -556,7 +558,7 @@ def test_garbage_on_subscribed_topics_never_stops_it(
 
     try:
         run(main())
-        assert sorted(p for _, p in got) == sorted(garbage * 2)
+        assert sorted(p for _, p in got) == sorted([g for g in garbage if len(g) < 100_000] * 2)
         wait_until(lambda: len(col.on("interval")) == 1, 5, "interval")
     finally:
         col.close()
