@@ -45,11 +45,13 @@ def mosquitto_exe() -> str:
 
 
 class Broker:
-    def __init__(self, work: Path, port: int | None = None) -> None:
+    def __init__(self, work: Path, port: int | None = None, persistence: bool = False) -> None:
         self.port = port or free_port()
         self.conf = work / "mosquitto.conf"
+        # persistence: sessions (and their queued messages) survive a restart
+        keep = f"persistence true\npersistence_location {work}/\n" if persistence else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n" + keep
         )
         self.log = (work / "mosquitto.log").open("ab")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -76,6 +78,7 @@ class Rig:
         scenario: str = "steady",
         poll_s: float = 1.0,
         flush_s: float | None = None,
+        persistence: bool = False,
     ) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="dh-bench-"))
         self.period_s, self.scenario, self.poll_s, self.flush_s = (
@@ -84,7 +87,7 @@ class Rig:
             poll_s,
             flush_s,
         )
-        self.broker = Broker(self.work)
+        self.broker = Broker(self.work, persistence=persistence)
         self.sim: subprocess.Popen[str] | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.bare: subprocess.Popen[bytes] | None = None

@@ -43,7 +43,12 @@ class Sub:
     def __init__(self, port: int) -> None:
         self.lock = threading.Lock()
         self.got: list[tuple[float, str, dict[str, object]]] = []
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub")
+        # a persistent session on a persistent broker: what the agent publishes while this
+        # subscriber is still reconnecting after the outage is queued for it, so the
+        # figure is the agent's delivery, not a race between the two reconnections
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="bench-sub", clean_session=False
+        )
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(
             [("dh/v1/bench-1/#", 1), ("bare/#", 1)]
         )
@@ -90,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--outage", type=float, default=60.0)
     a = ap.parse_args()
-    with Rig(period_s=5) as rig:
+    with Rig(period_s=5, persistence=True) as rig:
         sub = Sub(rig.broker.port)
         time.sleep(0.5)
         bare_s = sub.bare_first_publish(rig.broker.port, 3)
