@@ -17,7 +17,7 @@ The answer is cached for ``recheck_s`` (monotonic), so polling it is cheap.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import time
 from pathlib import Path
@@ -26,12 +26,18 @@ TIME_ERROR = 5
 TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library already loaded in this process (no ``find_library``: that runs
+    ``ldconfig`` in a child process, and this is asked every few seconds)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def kernel_synced() -> bool | None:
     """The kernel's NTP status via adjtimex(2) read-only; None when unavailable."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         buf = ctypes.create_string_buffer(512)  # struct timex (208 bytes on 64-bit), modes = 0
-        state = int(libc.adjtimex(buf))
+        state = int(_libc().adjtimex(buf))
     except (OSError, AttributeError):
         return None
     if state < 0:
@@ -39,6 +45,7 @@ def kernel_synced() -> bool | None:
     return state != TIME_ERROR
 
 
+@functools.cache
 def in_container() -> bool:
     if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
         return True

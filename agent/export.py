@@ -26,9 +26,10 @@ are not alarms.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
@@ -113,10 +114,35 @@ def csv_cell(v: Any) -> Any:
     if t is bool:
         return "true" if v else "false"
     if isinstance(v, list | tuple):
-        if all(isinstance(x, str) for x in v):
-            return ";".join(v)
-        return json.dumps(v, separators=(",", ":"))
+        try:
+            return ";".join(v)  # all text (the flags); anything else raises
+        except TypeError:
+            return json.dumps(v, separators=(",", ":"))
     return json.dumps(v, separators=(",", ":"), sort_keys=True)
+
+
+_PLAIN = frozenset({str, int, float, type(None)})  # the csv module writes these as csv_cell does
+
+
+def csv_rows(records: Iterable[Mapping[str, Any]], cols: Sequence[str]) -> Iterator[list[Any]]:
+    """The CSV rows of records, cells as ``csv_cell`` makes them, for records as the store
+    decodes them (every float finite: the signer refuses NaN and Infinity, the decoder
+    reads them as null). Fast path: plain values (text, integers, floats, null) go to the
+    csv writer as they are (it writes a float as its repr and null as an empty cell); only
+    the columns seen holding anything else (flags lists, booleans) go through ``csv_cell``."""
+    special: list[int] = []
+    cell = csv_cell
+    plain = _PLAIN.issuperset
+    for rec in records:
+        row = list(map(rec.get, cols))
+        for i in special:
+            row[i] = cell(row[i])
+        if not plain(map(type, row)):
+            odd = [i for i, v in enumerate(row) if type(v) not in _PLAIN]
+            for i in odd:
+                row[i] = cell(row[i])
+            special.extend(odd)
+        yield row
 
 
 def _start_kind(kind: str) -> str | None:
@@ -233,17 +259,19 @@ def export_records(
         cols = column_order(store.interval_keys(start, end, device))
         w = csv.writer(out, lineterminator="\n")
         w.writerow(cols)
-        cell = csv_cell
-        for rec in store.iter_intervals(start, end, device):
-            w.writerow([cell(rec.get(k)) for k in cols])
-            n += 1
+        rows = csv_rows(store.iter_intervals(start, end, device), cols)
+        for block in iter(lambda: list(itertools.islice(rows, 1024)), []):
+            w.writerows(block)
+            n += len(block)
         return n
     if fmt == "json":
         out.write("[")
-        for rec in store.iter_intervals(start, end, device):
+        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        recs = store.iter_intervals(start, end, device)
+        for chunk in iter(lambda: list(itertools.islice(recs, 1024)), []):
             out.write(",\n" if n else "\n")
-            out.write(json.dumps(rec, separators=(",", ":"), ensure_ascii=False))
-            n += 1
+            out.write(",\n".join(map(dumps, chunk)))
+            n += len(chunk)
         out.write("\n]\n" if n else "]\n")
         return n
     raise ValueError(f"unknown export format {fmt!r} (csv or json)")

@@ -237,28 +237,6 @@ class Agent(StorageMixin):
         cfg = self.cfg
         self.storage.on_open = self.on_store_open
         await self.storage.open()  # a failure: degraded mode, retried by storage_loop
-        for d in cfg.devices:
-            spec = driver_spec(d)
-            dev = self.pool.add(spec)
-            rollover = dev.rollover
-            params = record_params(cfg, d.name, d.role, rollover, d.poll_s)
-            ch = Channel(dev, params, agg.AggState.initial(), poll_s=d.poll_s)
-            # health: a slow meter is not offline after one missed poll
-            dev.offline_after_s = max(dev.offline_after_s, OFFLINE_AFTER * d.poll_s)
-            self.channels[d.name] = ch
-            await self.load_channel(ch)
-            if d.role == "actuator" and d.name == cfg.limiter.actuator and isinstance(dev, Device):
-                self.actuator, self.actuator_ch = dev, ch
-            if d.role == "heat_meter" and self.meter is None:
-                self.meter = ch
-                if isinstance(dev, Device):  # M-Bus: the limiter's default resolutions
-                    regs = dev.spec.profile.registers
-                    self.meter_res = {r.name: r.scale for r in regs if r.counter}
-        self.lparams = self.limiter_params(cfg)
-        _, saved = await self.storage.run("limiter state", limiter_store.load)
-        self.lstate = saved or LimiterState.initial()
-        if saved is not None:
-            log.info("limiter state restored: %s", limiter_store.describe(saved))
         self.uplink = Uplink(
             MqttSettings(
                 url=cfg.mqtt.url,
@@ -291,6 +269,33 @@ class Agent(StorageMixin):
                     "reason": self.remote.conflict,
                 }
             )
+
+    async def open_devices(self) -> None:
+        """The devices and their record channels: after the uplink's first connect, so
+        start-up imports (the Modbus stack) do not delay the first publish."""
+        cfg = self.cfg
+        for d in cfg.devices:
+            spec = driver_spec(d)
+            dev = self.pool.add(spec)
+            rollover = dev.rollover
+            params = record_params(cfg, d.name, d.role, rollover, d.poll_s)
+            ch = Channel(dev, params, agg.AggState.initial(), poll_s=d.poll_s)
+            # health: a slow meter is not offline after one missed poll
+            dev.offline_after_s = max(dev.offline_after_s, OFFLINE_AFTER * d.poll_s)
+            self.channels[d.name] = ch
+            await self.load_channel(ch)
+            if d.role == "actuator" and d.name == cfg.limiter.actuator and isinstance(dev, Device):
+                self.actuator, self.actuator_ch = dev, ch
+            if d.role == "heat_meter" and self.meter is None:
+                self.meter = ch
+                if isinstance(dev, Device):  # M-Bus: the limiter's default resolutions
+                    regs = dev.spec.profile.registers
+                    self.meter_res = {r.name: r.scale for r in regs if r.counter}
+        self.lparams = self.limiter_params(cfg)
+        _, saved = await self.storage.run("limiter state", limiter_store.load)
+        self.lstate = saved or LimiterState.initial()
+        if saved is not None:
+            log.info("limiter state restored: %s", limiter_store.describe(saved))
         release_free_memory()
         log.info(
             "dh-agent started: site %s, boot %d, %d devices, period %d s",
@@ -345,7 +350,7 @@ class Agent(StorageMixin):
         """Publish the retained config/current on every (re)connection."""
         assert self.uplink is not None
         was = False
-        while await self.pause(0.2):
+        while await self.pause(1.0):  # a reconnection is noticed within a second
             now = self.uplink.connected
             if now and not was:
                 await self.remote.publish_current()
@@ -655,6 +660,14 @@ class Agent(StorageMixin):
 
     # --- lifecycle ------------------------------------------------------------------
 
+    async def first_connect(self, limit: float) -> None:
+        """Until the uplink's first connection attempt has ended (connected or failed),
+        at most ``limit`` seconds."""
+        up, end = self.uplink, self.clock.mono() + limit
+        while up is not None and not (up.connected or up.last_error) and await self.pause(0.01):
+            if self.clock.mono() >= end:
+                return
+
     async def run(self) -> None:
         await self.open()
         assert self.uplink is not None
@@ -664,8 +677,10 @@ class Agent(StorageMixin):
                 loop.add_signal_handler(sig, self.stopping.set)
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self.uplink.run(), name="uplink"),
+                tasks = [tg.create_task(self.uplink.run(), name="uplink")]
+                await self.first_connect(3.0)
+                await self.open_devices()
+                tasks += [
                     tg.create_task(self.flush_loop(), name="flush"),
                     tg.create_task(self.maintenance_loop(), name="maintenance"),
                     tg.create_task(self.telemetry_loop(), name="telemetry"),

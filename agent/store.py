@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from agent.jws import CHAINED_STREAMS, chain_hash
+from agent.store_bulk import envelopes_of
 from agent.store_codec import (
     CODEC_DEFLATE_DICT1,
     CODEC_VERBATIM,
@@ -459,7 +460,7 @@ class Store(SampleStore):
         streamed (three years of records never sit in memory at once)."""
         self._check()
         sql = (
-            "SELECT m.codec, m.payload FROM intervals i JOIN messages m ON m.id = i.msg"
+            "SELECT i.start, m.codec, m.payload FROM intervals i JOIN messages m ON m.id = i.msg"
             " WHERE i.start >= ? AND i.start < ?"
         )
         args: list[Any] = [floor_int(start), ceil_int(end)]
@@ -468,10 +469,14 @@ class Store(SampleStore):
             args.append(device)
         sql += " ORDER BY i.device, i.start"
         zd = self._zd()
-        for codec, payload in self.conn.execute(sql, args):
-            body = envelope_of("", codec, payload, zd)["body"]
-            if isinstance(body, dict) and start <= start_key(body) < end:
-                yield body
+        cur = self.conn.execute(sql, args)
+        # in batches, decoded in bulk (agent.store_bulk); ``i.start`` is the record's start
+        while rows := cur.fetchmany(512):
+            keep = [(c, p) for s, c, p in rows if start <= s < end]
+            for env in envelopes_of(keep, zd):
+                body = env.get("body")
+                if isinstance(body, dict):
+                    yield body
 
     def intervals(
         self, start: float, end: float, device: str | None = None

@@ -6,80 +6,82 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-
-import sqlite_utils
+from typing import TYPE_CHECKING, cast
 
 from agent.store_zdict import ZDICT_V1
+
+if TYPE_CHECKING:  # imported where a migration runs: sqlite-utils costs ~4 MB of RSS
+    import sqlite_utils
 
 
 class StoreError(RuntimeError):
     """The database cannot be used by this version of the agent, or was misused."""
 
 
-def _m1_base(db: sqlite_utils.Database) -> None:
-    db.table("meta").create({"key": str, "value": str}, pk="key", not_null={"key"})
-    db.table("seqs").create({"stream": str, "last": int}, pk="stream", not_null={"stream", "last"})
-    db.table("jws_headers").create({"id": int, "b64": str}, pk="id", not_null={"b64"})
-    db.table("jws_headers").create_index(["b64"], unique=True)
-    db.table("topics").create({"id": int, "topic": str}, pk="id", not_null={"topic"})
-    db.table("topics").create_index(["topic"], unique=True)
-    db.table("zdicts").create({"id": int, "dict": bytes}, pk="id", not_null={"dict"})
-    db.table("zdicts").insert({"id": 1, "dict": ZDICT_V1})
-    db.table("shapes").create({"id": int, "keys": str}, pk="id", not_null={"keys"})
-    db.table("shapes").create_index(["keys"], unique=True)
-    db.table("messages").create(
-        {
-            "id": int,
-            "stream": str,
-            "seq": int,
-            "topic": int,
-            "qos": int,
-            "retain": int,
-            "hdr": int,
-            "codec": int,
-            "payload": bytes,
-            "sig": bytes,
-            "sent": int,
-        },
-        pk="id",
-        not_null={"stream", "seq", "topic", "qos", "retain", "hdr", "codec", "payload", "sent"},
-        defaults={"sent": 0},
-    )
-    db.table("messages").create_index(["stream", "seq"], unique=True)
-    db.execute("CREATE INDEX messages_unsent ON messages(id) WHERE sent = 0")
+# The base schema as SQL, exactly as sqlite-utils 3.x wrote it for the first databases (so
+# every database has the same schema text): a fresh install creates its database without
+# loading sqlite-utils (~4 MB of RSS and ~60 ms before the first publish). Later migrations
+# may use the sqlite-utils ``Database`` they are given; it is only created when one runs.
+_M1_SQL = (
+    'CREATE TABLE "meta" (\n   "key" TEXT PRIMARY KEY NOT NULL,\n   "value" TEXT\n)',
+    'CREATE TABLE "seqs" (\n   "stream" TEXT PRIMARY KEY NOT NULL,\n   "last" INTEGER NOT NULL\n)',
+    'CREATE TABLE "jws_headers" (\n   "id" INTEGER PRIMARY KEY,\n   "b64" TEXT NOT NULL\n)',
+    'CREATE UNIQUE INDEX "idx_jws_headers_b64"\n    ON "jws_headers" ("b64")',
+    'CREATE TABLE "topics" (\n   "id" INTEGER PRIMARY KEY,\n   "topic" TEXT NOT NULL\n)',
+    'CREATE UNIQUE INDEX "idx_topics_topic"\n    ON "topics" ("topic")',
+    'CREATE TABLE "zdicts" (\n   "id" INTEGER PRIMARY KEY,\n   "dict" BLOB NOT NULL\n)',
+    'CREATE TABLE "shapes" (\n   "id" INTEGER PRIMARY KEY,\n   "keys" TEXT NOT NULL\n)',
+    'CREATE UNIQUE INDEX "idx_shapes_keys"\n    ON "shapes" ("keys")',
+    'CREATE TABLE "messages" (\n   "id" INTEGER PRIMARY KEY,\n   "stream" TEXT NOT NULL,\n'
+    '   "seq" INTEGER NOT NULL,\n   "topic" INTEGER NOT NULL,\n   "qos" INTEGER NOT NULL,\n'
+    '   "retain" INTEGER NOT NULL,\n   "hdr" INTEGER NOT NULL,\n   "codec" INTEGER NOT NULL,\n'
+    '   "payload" BLOB NOT NULL,\n   "sig" BLOB,\n   "sent" INTEGER NOT NULL DEFAULT 0\n)',
+    'CREATE UNIQUE INDEX "idx_messages_stream_seq"\n    ON "messages" ("stream", "seq")',
+    "CREATE INDEX messages_unsent ON messages(id) WHERE sent = 0",
     # one row per record: the idempotency key; WITHOUT ROWID keeps it to one b-tree
-    db.execute(
-        "CREATE TABLE intervals (device TEXT NOT NULL, start INTEGER NOT NULL,"
-        " msg INTEGER NOT NULL, shape INTEGER NOT NULL, PRIMARY KEY (device, start))"
-        " WITHOUT ROWID"
-    )
-    db.table("agg_state").create({"device": str, "state": str}, pk="device", not_null={"state"})
-    db.table("sample_blocks").create(
-        {
-            "id": int,
-            "device": str,
-            "ts_min": float,
-            "ts_max": float,
-            "n": int,
-            "fmt": int,
-            "data": bytes,
-        },
-        pk="id",
-        not_null={"device", "n", "fmt", "data"},
-    )
-    db.table("sample_blocks").create_index(["device", "ts_max"])
+    "CREATE TABLE intervals (device TEXT NOT NULL, start INTEGER NOT NULL,"
+    " msg INTEGER NOT NULL, shape INTEGER NOT NULL, PRIMARY KEY (device, start))"
+    " WITHOUT ROWID",
+    'CREATE TABLE "agg_state" (\n   "device" TEXT PRIMARY KEY,\n   "state" TEXT NOT NULL\n)',
+    'CREATE TABLE "sample_blocks" (\n   "id" INTEGER PRIMARY KEY,\n   "device" TEXT NOT NULL,\n'
+    '   "ts_min" REAL,\n   "ts_max" REAL,\n   "n" INTEGER NOT NULL,\n   "fmt" INTEGER NOT NULL,\n'
+    '   "data" BLOB NOT NULL\n)',
+    'CREATE INDEX "idx_sample_blocks_device_ts_max"\n    ON "sample_blocks" ("device", "ts_max")',
+)
+
+
+def _m1_base(db: sqlite_utils.Database) -> None:
+    for sql in _M1_SQL:
+        db.conn.execute(sql)
+    db.conn.execute("INSERT INTO zdicts(id, dict) VALUES (1, ?)", (ZDICT_V1,))
 
 
 def _m2_refusals(db: sqlite_utils.Database) -> None:
     """Messages the broker refused for good (MQTT 5 PUBACK reason code): the message keeps
     ``sent = 2`` (out of the backlog, kept), this table says why and when."""
-    db.execute(
+    db.conn.execute(
         "CREATE TABLE refusals (msg INTEGER PRIMARY KEY, code INTEGER NOT NULL,"
         " reason TEXT NOT NULL, time REAL NOT NULL)"
     )
 
 
-Migration = Callable[[sqlite_utils.Database], None]
+class _LazyDatabase:
+    """Stands in for ``sqlite_utils.Database`` in ``migrate``: ``conn`` is the connection;
+    any other attribute creates the real sqlite-utils object (importing it) first."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._db: sqlite_utils.Database | None = None
+
+    def __getattr__(self, name: str) -> object:
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn, execute_plugins=False)
+        return getattr(self._db, name)
+
+
+Migration = Callable[["sqlite_utils.Database"], None]
 MIGRATIONS: list[Migration] = [_m1_base, _m2_refusals]
 
 
@@ -87,18 +89,18 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] | None = N
     """Bring the database up to ``len(migrations)``; each step is one transaction. Returns
     the resulting version. A database newer than the code is refused (StoreError)."""
     steps = MIGRATIONS if migrations is None else migrations  # read at call time
-    db = sqlite_utils.Database(conn, execute_plugins=False)
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > len(steps):
         raise StoreError(
             f"database schema version {version} is newer than this agent ({len(steps)})"
         )
+    db = cast("sqlite_utils.Database", _LazyDatabase(conn))
     for i in range(version, len(steps)):
         conn.execute("BEGIN IMMEDIATE")
         try:
             steps[i](db)
             conn.execute(f"PRAGMA user_version = {i + 1}")
-            if "meta" in db.table_names():
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
                 conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(i + 1),),

@@ -185,6 +185,11 @@ class Window:
         return out
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class Drain:
     """One session's drain; ``run()`` until cancelled or the session is lost."""
 
@@ -194,7 +199,10 @@ class Drain:
         self.original: Any = inner.on_publish
         self.loop = asyncio.get_running_loop()
         self.window = window
-        self.slot = asyncio.Event()  # a PUBACK came, or a failure
+        # wait_slot's future and how many free slots end it (PUBACKs are batched: waking
+        # for every single one cost about as much as the publish itself)
+        self.waiter: asyncio.Future[None] | None = None
+        self.want_free = 1
         self.marks = up.marks  # survives the session: ids whose mark failed stay skipped
         self.marking: asyncio.Task[None] | None = None
         self.inflight: dict[int, Outgoing] = {}  # stored id -> message, until released
@@ -234,7 +242,13 @@ class Drain:
                 self.hold(m, refusal)
         if self.marks.waiting() and (self.marking is None or self.marking.done()):
             self.marking = self.loop.create_task(self.mark_loop())
-        self.slot.set()
+        w = self.waiter
+        if (
+            w is not None
+            and not w.done()
+            and (self.window.size - len(self.window) >= self.want_free or self.refused_now)
+        ):
+            w.set_result(None)
 
     def report(self, m: Outgoing, refusal: Refusal) -> None:
         log.warning(
@@ -299,16 +313,23 @@ class Drain:
             log.warning("uplink: no PUBACK within %.0f s; reconnecting", self.up.timeout_s)
             raise SessionLost(f"no PUBACK within {self.up.timeout_s:.0f} s")
 
-    async def wait_slot(self) -> None:
-        self.slot.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.slot.wait(), min(1.0, self.up.timeout_s / 2))
+    async def wait_slot(self, free: int = 1) -> None:
+        """Until ``free`` slots of the window are free (or a refusal came), at most
+        min(1 s, timeout / 2); a plain future and timer, no task per wait."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.waiter, self.want_free = fut, max(1, min(free, self.window.size))
+        timer = self.loop.call_later(min(1.0, self.up.timeout_s / 2), _wake, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self.waiter = None
         self.check()
 
     async def quiesce(self, limit: float | None) -> None:
         end = None if limit is None else time.monotonic() + limit
         while len(self.window) and (end is None or time.monotonic() < end):
-            await self.wait_slot()
+            await self.wait_slot(self.window.size)
         if self.marking is not None and not self.marking.done():
             await asyncio.wait([self.marking], timeout=limit)
 
@@ -395,8 +416,8 @@ class Drain:
                     await self.next_batch()
                     continue
                 self.publish_some()
-                if self.buf:
-                    await self.wait_slot()
+                if self.buf:  # refill in bursts of a quarter window: it never runs dry
+                    await self.wait_slot(self.window.size // 4)
         except asyncio.CancelledError:
             # stopping: if still connected, let what is in flight finish and record it
             if self.inner.is_connected():

@@ -45,11 +45,13 @@ def mosquitto_exe() -> str:
 
 
 class Broker:
-    def __init__(self, work: Path, port: int | None = None) -> None:
+    def __init__(self, work: Path, port: int | None = None, persistence: bool = False) -> None:
         self.port = port or free_port()
         self.conf = work / "mosquitto.conf"
+        # persistence: sessions (and their queued messages) survive a restart
+        keep = f"persistence true\npersistence_location {work}/\n" if persistence else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n" + keep
         )
         self.log = (work / "mosquitto.log").open("ab")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -76,6 +78,7 @@ class Rig:
         scenario: str = "steady",
         poll_s: float = 1.0,
         flush_s: float | None = None,
+        persistence: bool = False,
     ) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="dh-bench-"))
         self.period_s, self.scenario, self.poll_s, self.flush_s = (
@@ -84,9 +87,10 @@ class Rig:
             poll_s,
             flush_s,
         )
-        self.broker = Broker(self.work)
+        self.broker = Broker(self.work, persistence=persistence)
         self.sim: subprocess.Popen[str] | None = None
         self.agent: subprocess.Popen[bytes] | None = None
+        self.bare: subprocess.Popen[bytes] | None = None
         self.config = self.work / "agent.toml"
 
     def __enter__(self) -> Rig:
@@ -106,7 +110,8 @@ class Rig:
             text=True,
         )
         assert self.sim.stdout is not None
-        host, port = json.loads(self.sim.stdout.readline())["tcp"].rsplit(":", 1)
+        self.sim_addr: str = json.loads(self.sim.stdout.readline())["tcp"]
+        host, port = self.sim_addr.rsplit(":", 1)
         for name in ("agent", "operator"):
             subprocess.run(
                 [str(BIN / "dh-agent"), "keygen", "--out", str(self.work), "--name", name],
@@ -133,6 +138,23 @@ class Rig:
         )
         return self.agent
 
+    def start_bare(self) -> subprocess.Popen[bytes]:
+        """The bare pymodbus + paho baseline (bench/bare_agent.py) on the same simulator
+        and broker, publishing its telemetry beside the agent's."""
+        self.bare = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.bare_agent",
+                self.sim_addr,
+                str(self.broker.port),
+                "dh/v1/bench-1/bare-telemetry",
+            ],
+            stdout=(self.work / "bare.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        return self.bare
+
     def stop_agent(self) -> int | None:
         if self.agent is None or self.agent.poll() is not None:
             return self.agent.returncode if self.agent else None
@@ -147,6 +169,9 @@ class Rig:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop_agent()
+        if self.bare is not None and self.bare.poll() is None:
+            self.bare.terminate()
+            self.bare.wait(10)
         if self.sim is not None:
             self.sim.terminate()
             self.sim.wait(10)

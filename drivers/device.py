@@ -167,6 +167,20 @@ class BlockDecoder:
         self.struct = struct.Struct("".join(fmt))
         self.regs = sorted(block.registers, key=lambda r: r.address)
         self.words = struct.Struct(f">{block.count}H")
+        inf = math.inf
+        # per register, what the hot loop needs, as plain locals (no attribute lookups)
+        self.plan = [
+            (
+                r.name,
+                r.scale,
+                r.offset,
+                r.unit,
+                r.raw_range is not None,
+                *(r.raw_range or (-inf, inf)),
+                *(r.range or (-inf, inf)),
+            )
+            for r in self.regs
+        ]
 
     def __call__(self, words: list[int]) -> dict[str, Value]:
         if not self.fast:
@@ -175,18 +189,24 @@ class BlockDecoder:
             raise ValueError(f"short read: {len(words)} of {self.block.count} registers")
         raws = self.struct.unpack(self.words.pack(*words[: self.block.count]))
         out: dict[str, Value] = {}
-        for r, raw in zip(self.regs, raws, strict=True):
+        good, fault, implausible, isfinite = (
+            Quality.GOOD,
+            Quality.FAULT,
+            Quality.IMPLAUSIBLE,
+            math.isfinite,
+        )
+        for (name, scale, offset, unit, has_raw, rlo, rhi, lo, hi), raw in zip(
+            self.plan, raws, strict=True
+        ):
             raw = float(raw)
-            val = raw * r.scale + r.offset
-            if r.raw_range is not None and not r.raw_range[0] <= raw <= r.raw_range[1]:
-                q = Quality.FAULT
-            elif not math.isfinite(val) or (
-                r.range is not None and not r.range[0] <= val <= r.range[1]
-            ):
-                q = Quality.IMPLAUSIBLE
+            val = raw * scale + offset
+            if has_raw and not rlo <= raw <= rhi:
+                q = fault
+            elif not isfinite(val) or not lo <= val <= hi:
+                q = implausible
             else:
-                q = Quality.GOOD
-            out[r.name] = Value(val, r.unit, q)
+                q = good
+            out[name] = Value(val, unit, q)
         return out
 
 
@@ -233,6 +253,8 @@ class Device:
         self.bus: Bus = bus if bus is not None else make_bus(spec)
         self.blocks: list[ReadBlock] = plan_reads(spec.profile.registers, spec.profile.max_gap)
         self.decoders = [BlockDecoder(b) for b in self.blocks]
+        # what each read is called in errors, made once (not per poll)
+        self.labels = [f"read {b.function} {b.address}+{b.count}" for b in self.blocks]
         self.offline_after = offline_after
         self.offline_after_s = offline_after_s
         self._health = HealthState(Health.OFFLINE, 0, clock.mono())
@@ -283,13 +305,13 @@ class Device:
         values: dict[str, Value] = {}
         error: str | None = None
         bus = self.bus
-        for block, decoder in zip(self.blocks, self.decoders, strict=True):
+        for block, decoder, label in zip(self.blocks, self.decoders, self.labels, strict=True):
             try:
                 words = await self._attempts(
                     lambda b=block: bus.read(  # type: ignore[misc]
                         spec.unit, b.function, b.address, b.count, spec.timeout_s
                     ),
-                    f"read {block.function} {block.address}+{block.count}",
+                    label,
                 )
             except ExceptionResponse as e:
                 if not e.retryable and not any(r.confirmed for r in block.registers):

@@ -32,10 +32,10 @@ import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+if TYPE_CHECKING:  # pymodbus is imported by the first TcpBus: RTU-only gateways never load it
+    from pymodbus.client import AsyncModbusTcpClient
 
 log = logging.getLogger(__name__)
 
@@ -400,9 +400,13 @@ class TcpBus(Bus):
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__()
+        from pymodbus.client import AsyncModbusTcpClient
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+        self._errors = (ConnectionException, ModbusIOException, ModbusException)
         self.host = host
         self.port = port
-        self.client = AsyncModbusTcpClient(
+        self.client: AsyncModbusTcpClient = AsyncModbusTcpClient(
             host, port=port, timeout=1.0, retries=0, reconnect_delay=0
         )
         self._params = self.client.ctx.comm_params
@@ -421,17 +425,19 @@ class TcpBus(Bus):
 
     async def _execute(self, call: Callable[[], Any], timeout: float) -> Any:
         async with self.lock:
-            await self._ensure_connected(timeout)
+            if not self.client.connected:
+                await self._ensure_connected(timeout)
             self._params.timeout_connect = timeout  # the response timeout of this request
+            connection_exc, io_exc, modbus_exc = self._errors
             try:
                 rr = await call()
-            except ConnectionException as e:
+            except connection_exc as e:
                 raise ConnectError(f"{self.host}:{self.port}: {e}") from e
-            except ModbusIOException as e:
+            except io_exc as e:
                 if "No response" in str(e):
                     raise ModbusTimeout(f"no answer from {self.host}:{self.port}") from e
                 raise FrameError(str(e)) from e
-            except ModbusException as e:
+            except modbus_exc as e:
                 raise FrameError(str(e)) from e
             except OSError as e:
                 raise ConnectError(f"{self.host}:{self.port}: {e}") from e
