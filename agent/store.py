@@ -49,11 +49,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.jws import CHAINED_STREAMS, chain_hash
-from agent.store_bulk import envelopes_of
 from agent.store_codec import (
     CODEC_DEFLATE_DICT1,
     CODEC_VERBATIM,
@@ -61,15 +60,14 @@ from agent.store_codec import (
     PackedJws,
     SampleRow,
     StoredMessage,
-    ceil_int,
     decode_samples,
     encode_samples,
     envelope_of,
-    floor_int,
     pack_jws,
     start_key,
     unpack_jws,
 )
+from agent.store_intervals import IntervalQueries
 from agent.store_samples import SampleStore
 from agent.store_schema import MIGRATIONS, Migration, StoreError, migrate
 from agent.store_zdict import ZDICT_V1
@@ -104,9 +102,9 @@ SignSeq = Callable[[int, str | None], str]
 SEQ_BLOCK = 64  # live-stream seqs reserved per durable write
 
 
-class Store(SampleStore):
-    """The agent's store: meta and raw samples (from the base classes), seqs, stored signed
-    messages and interval records."""
+class Store(IntervalQueries, SampleStore):
+    """The agent's store: meta and raw samples (from the base classes), the interval-record
+    queries (``agent.store_intervals``), seqs, stored signed messages and interval records."""
 
     # --- seqs -----------------------------------------------------------------------------
 
@@ -450,56 +448,3 @@ class Store(SampleStore):
             if isinstance(body, dict):
                 out.append(body)
         return out
-
-    # --- interval records -------------------------------------------------------------------
-
-    def iter_intervals(
-        self, start: float, end: float, device: str | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Record bodies whose period start lies in [start, end), by device then start;
-        streamed (three years of records never sit in memory at once)."""
-        self._check()
-        sql = (
-            "SELECT i.start, m.codec, m.payload FROM intervals i JOIN messages m ON m.id = i.msg"
-            " WHERE i.start >= ? AND i.start < ?"
-        )
-        args: list[Any] = [floor_int(start), ceil_int(end)]
-        if device is not None:
-            sql += " AND i.device = ?"
-            args.append(device)
-        sql += " ORDER BY i.device, i.start"
-        zd = self._zd()
-        cur = self.conn.execute(sql, args)
-        # in batches, decoded in bulk (agent.store_bulk); ``i.start`` is the record's start
-        while rows := cur.fetchmany(512):
-            keep = [(c, p) for s, c, p in rows if start <= s < end]
-            for env in envelopes_of(keep, zd):
-                body = env.get("body")
-                if isinstance(body, dict):
-                    yield body
-
-    def intervals(
-        self, start: float, end: float, device: str | None = None
-    ) -> list[dict[str, Any]]:
-        return list(self.iter_intervals(start, end, device))
-
-    def interval_keys(self, start: float, end: float, device: str | None = None) -> list[str]:
-        """The union of the record keys in the range, in first-seen order."""
-        self._check()
-        sql = (
-            "SELECT s.keys FROM shapes s WHERE s.id IN (SELECT DISTINCT shape FROM intervals"
-            " WHERE start >= ? AND start < ?"
-        )
-        args: list[Any] = [floor_int(start), ceil_int(end)]
-        if device is not None:
-            sql += " AND device = ?"
-            args.append(device)
-        sql += ") ORDER BY s.id"
-        keys: dict[str, None] = {}
-        for (k,) in self.conn.execute(sql, args):
-            keys.update(dict.fromkeys(json.loads(k)))
-        return list(keys)
-
-    def interval_count(self) -> int:
-        self._check()
-        return int(self.conn.execute("SELECT count(*) FROM intervals").fetchone()[0])
