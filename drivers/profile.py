@@ -170,85 +170,18 @@ def parse_profile(text: str, origin: str = "<profile>") -> Profile:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{origin}: {e}") from e
-    head = doc.get("profile")
-    if not isinstance(head, dict):
-        raise ProfileError(f"{origin}: profile: missing [profile] table")
-    unknown = set(head) - _PROFILE_KEYS
-    if unknown:
-        raise ProfileError(f"{origin}: profile.{sorted(unknown)[0]}: unknown key")
-    role = head.get("role")
-    if role not in ROLES:
-        raise ProfileError(f"{origin}: profile.role: must be one of {', '.join(ROLES)}")
-    default_wo = head.get("word_order", "big")
-    if default_wo not in ("big", "little"):
-        raise ProfileError(f"{origin}: profile.word_order: must be big or little")
+    head, role, default_wo = _parse_head(doc, origin)
     regs_doc = doc.get("registers")
     if not isinstance(regs_doc, list) or not regs_doc:
         raise ProfileError(f"{origin}: registers: at least one [[registers]] entry needed")
     regs: list[Register] = []
     seen: set[str] = set()
+    default_confirmed = head.get("confirmed", True)
     for i, r in enumerate(regs_doc):
-        where = f"{origin}: registers[{i}]"
-        if not isinstance(r, dict):
-            raise ProfileError(f"{where}: must be a table")
-        unknown = set(r) - _REG_KEYS
-        if unknown:
-            raise ProfileError(f"{where}.{sorted(unknown)[0]}: unknown key")
-        name = r.get("name")
-        if not isinstance(name, str) or not name:
-            raise ProfileError(f"{where}.name: must be a non-empty string")
-        if name in seen:
-            raise ProfileError(f"{where}.name: duplicate register {name!r}")
-        seen.add(name)
-        addr = r.get("address")
-        if not isinstance(addr, int) or isinstance(addr, bool) or not 0 <= addr <= 65535:
-            raise ProfileError(f"{where}.address: must be an integer 0..65535")
-        fn = r.get("function", "holding")
-        if fn not in ("holding", "input"):
-            raise ProfileError(f"{where}.function: must be holding or input")
-        typ = r.get("type", "u16")
-        if typ not in REG_TYPES:
-            raise ProfileError(f"{where}.type: must be one of {', '.join(REG_TYPES)}")
-        wo = r.get("word_order", default_wo)
-        if wo not in ("big", "little"):
-            raise ProfileError(f"{where}.word_order: must be big or little")
-        scale = r.get("scale", 1.0)
-        offset = r.get("offset", 0.0)
-        for key, num in (("scale", scale), ("offset", offset)):
-            if not isinstance(num, int | float) or isinstance(num, bool):
-                raise ProfileError(f"{where}.{key}: must be a number")
-        if scale == 0:
-            raise ProfileError(f"{where}.scale: must not be 0")
-        rollover = r.get("rollover")
-        if rollover is not None and (
-            not isinstance(rollover, int | float) or isinstance(rollover, bool) or rollover <= 0
-        ):
-            raise ProfileError(f"{where}.rollover: must be a positive number")
         regs.append(
-            Register(
-                name=name,
-                address=addr,
-                function=fn,
-                type=typ,
-                word_order=wo,
-                scale=float(scale),
-                offset=float(offset),
-                unit=str(r.get("unit", "")),
-                meaning=str(r.get("meaning", "")),
-                range=_pair(r.get("range"), f"{where}.range"),
-                raw_range=_pair(r.get("raw_range"), f"{where}.raw_range"),
-                counter=bool(r.get("counter", False)),
-                rollover=float(rollover) if rollover is not None else None,
-                writable=bool(r.get("writable", False)),
-                confirmed=bool(r.get("confirmed", head.get("confirmed", True))),
-            )
+            _parse_register(r, f"{origin}: registers[{i}]", default_wo, default_confirmed, seen)
         )
-    # overlapping registers within one function are a map error
-    for fn in ("holding", "input"):
-        spans = sorted((r.address, r.end, r.name) for r in regs if r.function == fn)
-        for (_, e1, n1), (s2, _, n2) in itertools.pairwise(spans):
-            if s2 < e1:
-                raise ProfileError(f"{origin}: registers: {n1!r} overlaps {n2!r}")
+    _check_overlaps(regs, origin)
     max_gap = head.get("max_gap", 0)
     if not isinstance(max_gap, int) or isinstance(max_gap, bool) or not 0 <= max_gap <= 124:
         raise ProfileError(f"{origin}: profile.max_gap: must be an integer 0..124")
@@ -261,6 +194,90 @@ def parse_profile(text: str, origin: str = "<profile>") -> Profile:
         max_gap=max_gap,
         registers=tuple(regs),
     )
+
+
+def _parse_head(doc: dict[str, Any], origin: str) -> tuple[dict[str, Any], str, str]:
+    """The ``[profile]`` table checked: (the table, its role, the default word order)."""
+    head = doc.get("profile")
+    if not isinstance(head, dict):
+        raise ProfileError(f"{origin}: profile: missing [profile] table")
+    unknown = set(head) - _PROFILE_KEYS
+    if unknown:
+        raise ProfileError(f"{origin}: profile.{sorted(unknown)[0]}: unknown key")
+    role = head.get("role")
+    if role not in ROLES:
+        raise ProfileError(f"{origin}: profile.role: must be one of {', '.join(ROLES)}")
+    default_wo = head.get("word_order", "big")
+    if default_wo not in ("big", "little"):
+        raise ProfileError(f"{origin}: profile.word_order: must be big or little")
+    return head, role, default_wo
+
+
+def _parse_register(
+    r: Any, where: str, default_wo: str, default_confirmed: Any, seen: set[str]
+) -> Register:
+    """One ``[[registers]]`` entry checked and built; ``seen`` collects the names so far."""
+    if not isinstance(r, dict):
+        raise ProfileError(f"{where}: must be a table")
+    unknown = set(r) - _REG_KEYS
+    if unknown:
+        raise ProfileError(f"{where}.{sorted(unknown)[0]}: unknown key")
+    name = r.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProfileError(f"{where}.name: must be a non-empty string")
+    if name in seen:
+        raise ProfileError(f"{where}.name: duplicate register {name!r}")
+    seen.add(name)
+    addr = r.get("address")
+    if not isinstance(addr, int) or isinstance(addr, bool) or not 0 <= addr <= 65535:
+        raise ProfileError(f"{where}.address: must be an integer 0..65535")
+    fn = r.get("function", "holding")
+    if fn not in ("holding", "input"):
+        raise ProfileError(f"{where}.function: must be holding or input")
+    typ = r.get("type", "u16")
+    if typ not in REG_TYPES:
+        raise ProfileError(f"{where}.type: must be one of {', '.join(REG_TYPES)}")
+    wo = r.get("word_order", default_wo)
+    if wo not in ("big", "little"):
+        raise ProfileError(f"{where}.word_order: must be big or little")
+    scale = r.get("scale", 1.0)
+    offset = r.get("offset", 0.0)
+    for key, num in (("scale", scale), ("offset", offset)):
+        if not isinstance(num, int | float) or isinstance(num, bool):
+            raise ProfileError(f"{where}.{key}: must be a number")
+    if scale == 0:
+        raise ProfileError(f"{where}.scale: must not be 0")
+    rollover = r.get("rollover")
+    if rollover is not None and (
+        not isinstance(rollover, int | float) or isinstance(rollover, bool) or rollover <= 0
+    ):
+        raise ProfileError(f"{where}.rollover: must be a positive number")
+    return Register(
+        name=name,
+        address=addr,
+        function=fn,
+        type=typ,
+        word_order=wo,
+        scale=float(scale),
+        offset=float(offset),
+        unit=str(r.get("unit", "")),
+        meaning=str(r.get("meaning", "")),
+        range=_pair(r.get("range"), f"{where}.range"),
+        raw_range=_pair(r.get("raw_range"), f"{where}.raw_range"),
+        counter=bool(r.get("counter", False)),
+        rollover=float(rollover) if rollover is not None else None,
+        writable=bool(r.get("writable", False)),
+        confirmed=bool(r.get("confirmed", default_confirmed)),
+    )
+
+
+def _check_overlaps(regs: list[Register], origin: str) -> None:
+    """Overlapping registers within one function are a map error."""
+    for fn in ("holding", "input"):
+        spans = sorted((r.address, r.end, r.name) for r in regs if r.function == fn)
+        for (_, e1, n1), (s2, _, n2) in itertools.pairwise(spans):
+            if s2 < e1:
+                raise ProfileError(f"{origin}: registers: {n1!r} overlaps {n2!r}")
 
 
 def profiles_dir() -> Path:
