@@ -51,9 +51,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.counter_chain import Point, bracket_width, chain, reset_in, value_at
+from agent.counter_chain import step as step  # re-exported: part of this module's surface
 from agent.events import rfc3339
 
 COUNTERS: dict[str, tuple[str, int]] = {"energy_kwh": ("energy", 3), "volume_m3": ("volume", 6)}
+# per counter, the record's fields: (register at the start, register at the end, delta)
+COUNTER_FIELDS: dict[str, tuple[str, str, str]] = {
+    "energy_kwh": ("energy_start_kwh", "energy_end_kwh", "energy_kwh"),
+    "volume_m3": ("volume_start_m3", "volume_end_m3", "volume_m3"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,18 +132,6 @@ class AggState:
         )
 
 
-def step(prev: float, cur: float, rollover: float | None) -> tuple[float, str | None]:
-    """Counter increment from ``prev`` to ``cur``: (delta >= 0, None | 'rollover' | 'reset')."""
-    d = cur - prev
-    if d >= 0:
-        if rollover and d > rollover / 2:  # an absurd jump up: a discontinuity, not energy
-            return 0.0, "reset"
-        return d, None
-    if rollover and d + rollover < rollover / 2:
-        return d + rollover, "rollover"
-    return 0.0, "reset"
-
-
 def _clean(samples: Iterable[Sample], after: float | None) -> list[Sample]:
     """Sorted by time, one sample per timestamp (the first to arrive), none at or before
     ``after`` (those belong to closed periods), only finite timestamps."""
@@ -151,78 +146,12 @@ def _clean(samples: Iterable[Sample], after: float | None) -> list[Sample]:
     return out
 
 
-@dataclass
-class _Point:
-    """A counter observation: time, register, unwrapped cumulative value, flags of the step."""
-
-    ts: float
-    reg: float
-    u: float
-    event: str | None = None
-    mid: str | None = None  # the meter's identity (None: not reported)
-
-
-def _chain(
-    name: str,
-    start: tuple[float, float] | None,
-    samples: Sequence[Sample],
-    rollover: float | None,
-    start_mid: str | None = None,
-) -> list[_Point]:
-    """Counter observations with an unwrapped cumulative value (u of ``start`` = 0).
-    A step between two different meter ids is a ``swap``: it counts as zero."""
-    pts: list[_Point] = []
-    if start is not None:
-        pts.append(_Point(start[0], start[1], 0.0, None, start_mid))
-    for s in samples:
-        v = s.values.get(name)
-        if v is None or not math.isfinite(v):
-            continue
-        if not pts:
-            pts.append(_Point(s.ts, v, 0.0, None, s.meter_id))
-            continue
-        p = pts[-1]
-        mid = s.meter_id if s.meter_id is not None else p.mid
-        if p.mid is not None and mid != p.mid:
-            pts.append(_Point(s.ts, v, p.u, "swap", mid))
-            continue
-        d, ev = step(p.reg, v, rollover)
-        pts.append(_Point(s.ts, v, p.u + d, ev, mid))
-    return pts
-
-
-def _at(pts: Sequence[_Point], t: float) -> tuple[float, float, float] | None:
-    """(register, u, bracket width) at time t, interpolated; None if t is not bracketed."""
-    for i, p in enumerate(pts):
-        if p.ts == t:
-            return p.reg, p.u, 0.0
-        if p.ts > t:
-            if i == 0:
-                return None
-            a = pts[i - 1]
-            f = (t - a.ts) / (p.ts - a.ts)
-            du = p.u - a.u
-            # the register moves with u between a and p (a reset or swap step has du = 0:
-            # the old register holds until the new meter's first reading)
-            reg = a.reg + f * du
-            if p.event == "rollover":
-                wrap = a.reg + du - p.reg  # the rollover value, recovered from the step
-                if reg >= wrap:
-                    reg -= wrap
-            return reg, a.u + f * du, p.ts - a.ts
-    return None
-
-
 def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
 def _r(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(x, nd)
-
-
-def _unit(c: str) -> str:
-    return c.split("_", 1)[1]
 
 
 def _cooling(
@@ -286,6 +215,21 @@ def _role_fields(
         rec["limit_min_pct"] = _r(min(lim), 1) if lim else None
 
 
+@dataclass
+class _Run:
+    """The working state of one ``close_periods`` call: the boundary ``b`` reached so far,
+    the counters' chains, their register (``reg``) and unwrapped value (``u_b``) at ``b``,
+    the last reading's time and volume at or before ``b`` and the meter's identity."""
+
+    b: float
+    chains: dict[str, list[Point]]
+    reg: dict[str, float]
+    u_b: dict[str, float]
+    prev_ts: float | None
+    prev_vol: float | None
+    mid: str | None
+
+
 def close_periods(
     state: AggState, samples: Iterable[Sample], p: RecordParams
 ) -> tuple[list[dict[str, Any]], AggState]:
@@ -293,156 +237,213 @@ def close_periods(
 
     A reading belongs to the period (start, end]: one exactly on a boundary closes the
     period it ends. Returns the records in order and the new state."""
-    ps = p.period_s
     ss = _clean(samples, state.boundary)
     if not ss:
         return [], state
     counters = list(COUNTERS) if p.role == "heat_meter" else []
     rollover = {c: p.rollover.get(c) for c in counters}
-    chains: dict[str, list[_Point]] = {}
-    u_b: dict[str, float] = {}
-    reg: dict[str, float] = {}
     if state.boundary is None:
-        # the first boundary: the first multiple of the period at or after the first reading
-        b = float(math.ceil(ss[0].ts / ps) * ps)
-        if ss[-1].ts < b:
+        started = _first_run(ss, p.period_s, counters, rollover)
+        if started is None:
             return [], state
-        mid = next((s.meter_id for s in reversed(ss) if s.ts <= b and s.meter_id), None)
-        for c in counters:
-            chains[c] = _chain(c, None, ss, rollover[c])
-            got = _at(chains[c], b)
-            if got is not None:
-                reg[c] = round(got[0], COUNTERS[c][1])
-                u_b[c] = got[1]
-        prev_ts: float | None = max(s.ts for s in ss if s.ts <= b)
-        prev_vol = next(
-            (s.values["volume_m3"] for s in reversed(ss) if s.ts <= b and "volume_m3" in s.values),
-            None,
-        )
-        ss = [s for s in ss if s.ts > b]
+        run, ss = started
     else:
-        b = state.boundary
-        mid = state.meter_id
-        for c in counters:
-            a = state.anchor.get(c)
-            chains[c] = _chain(c, a, ss, rollover[c], state.meter_id)
-            if a is not None and c in state.reg:
-                reg[c] = state.reg[c]
-                u_b[c] = state.into.get(c, 0.0)
-        prev_ts = state.last_ts
-        a_vol = state.anchor.get("volume_m3")
-        prev_vol = a_vol[1] if a_vol else None
+        run = _resumed_run(state, ss, counters, rollover)
     records: list[dict[str, Any]] = []
     i = 0
-    while ss and ss[-1].ts >= b + ps:
-        e = b + ps
-        in_p: list[Sample] = []
-        while i < len(ss) and ss[i].ts <= e:
-            in_p.append(ss[i])
-            i += 1
-        flags: set[str] = set()
-        for s in in_p:
-            flags |= s.flags
-            mid = s.meter_id or mid
-        flags.discard("clock_step")
-        rec: dict[str, Any] = {
-            "device": p.device,
-            "role": p.role,
-            "start": rfc3339(b),
-            "end": rfc3339(e),
-            "period_s": ps,
-            "samples": len(in_p),
-        }
-        times = ([prev_ts] if prev_ts is not None else []) + [s.ts for s in in_p]
-        if i < len(ss):
-            times.append(ss[i].ts)
-        # the longest stretch of the period not covered by readings a poll apart
-        longest = max(
-            (min(y, e) - max(x, b) for x, y in itertools.pairwise(times)), default=math.inf
-        )
-        if not in_p:
-            flags |= {"no_data", "interpolated"}
-        elif longest > p.gap_s:
-            flags.add("partial")
-        for c in counters:
-            pre, unit, nd = COUNTERS[c][0], _unit(c), COUNTERS[c][1]
-            got = _at(chains[c], e)
-            start = reg.get(c)
-            if got is None or start is None:
-                # no register value at one of the boundaries: the meter's counter is unknown
-                rec[f"{pre}_start_{unit}"] = start
-                rec[f"{pre}_end_{unit}"] = None
-                rec[f"{pre}_{unit}"] = None
-                flags.add("meter_error")
-                if got is not None:  # the counter is readable again: link from here on
-                    reg[c] = round(got[0], nd)
-                    u_b[c] = got[1]
-                continue
-            r_end, u_end, width = got
-            if width > p.gap_s or _width(chains[c], b) > p.gap_s:
-                flags.add("interpolated")
-            end = round(r_end, nd)
-            # the swap belongs to the period of the new meter's first reading
-            swap = any(q.event == "swap" and b < q.ts <= e for q in chains[c])
-            if swap:
-                flags.add("meter_replaced")
-            if _reset_in(chains[c], b, e):
-                flags.add("counter_reset")
-            if swap or "counter_reset" in flags:
-                delta = round(max(0.0, u_end - u_b[c]), nd)
-            else:
-                d = end - start
-                ro = rollover[c]
-                if d < 0 and ro:
-                    d += ro
-                delta = round(max(0.0, d), nd)
-            rec[f"{pre}_start_{unit}"] = start
-            rec[f"{pre}_end_{unit}"] = end
-            rec[f"{pre}_{unit}"] = delta
-            reg[c] = end
-            u_b[c] = u_end
-        _role_fields(rec, in_p, p, prev_vol)
-        if mid is not None:
-            rec["meter_id"] = mid
-        rec["flags"] = sorted(flags)
-        records.append(rec)
-        for s in in_p:
-            prev_ts = s.ts
-            if "volume_m3" in s.values:
-                prev_vol = s.values["volume_m3"]
-        b = e
+    while ss and ss[-1].ts >= run.b + p.period_s:
+        in_p, i = _period_samples(ss, i, run.b + p.period_s)
+        after = ss[i].ts if i < len(ss) else None
+        records.append(_record(run, in_p, after, counters, rollover, p))
+    return records, _next_state(run, counters)
+
+
+def _first_run(
+    ss: list[Sample], ps: int, counters: list[str], rollover: Mapping[str, float | None]
+) -> tuple[_Run, list[Sample]] | None:
+    """Before the first record: the first boundary is the first multiple of the period at
+    or after the first reading; None while no reading brackets it. Returns the run and the
+    samples after that boundary."""
+    b = float(math.ceil(ss[0].ts / ps) * ps)
+    if ss[-1].ts < b:
+        return None
+    mid = next((s.meter_id for s in reversed(ss) if s.ts <= b and s.meter_id), None)
+    chains: dict[str, list[Point]] = {}
+    u_b: dict[str, float] = {}
+    reg: dict[str, float] = {}
+    for c in counters:
+        chains[c] = chain(c, None, ss, rollover[c])
+        got = value_at(chains[c], b)
+        if got is not None:
+            reg[c] = round(got[0], COUNTERS[c][1])
+            u_b[c] = got[1]
+    prev_ts: float | None = max(s.ts for s in ss if s.ts <= b)
+    prev_vol = next(
+        (s.values["volume_m3"] for s in reversed(ss) if s.ts <= b and "volume_m3" in s.values),
+        None,
+    )
+    run = _Run(b, chains, reg, u_b, prev_ts, prev_vol, mid)
+    return run, [s for s in ss if s.ts > b]
+
+
+def _resumed_run(
+    state: AggState,
+    ss: list[Sample],
+    counters: list[str],
+    rollover: Mapping[str, float | None],
+) -> _Run:
+    """After a record: the run continues from the state's boundary and anchors."""
+    chains: dict[str, list[Point]] = {}
+    u_b: dict[str, float] = {}
+    reg: dict[str, float] = {}
+    for c in counters:
+        a = state.anchor.get(c)
+        chains[c] = chain(c, a, ss, rollover[c], state.meter_id)
+        if a is not None and c in state.reg:
+            reg[c] = state.reg[c]
+            u_b[c] = state.into.get(c, 0.0)
+    a_vol = state.anchor.get("volume_m3")
+    prev_vol = a_vol[1] if a_vol else None
+    assert state.boundary is not None
+    return _Run(state.boundary, chains, reg, u_b, state.last_ts, prev_vol, state.meter_id)
+
+
+def _period_samples(ss: Sequence[Sample], i: int, e: float) -> tuple[list[Sample], int]:
+    """The samples from index ``i`` up to and including ``e``, and the index after them."""
+    in_p: list[Sample] = []
+    while i < len(ss) and ss[i].ts <= e:
+        in_p.append(ss[i])
+        i += 1
+    return in_p, i
+
+
+def _record(
+    run: _Run,
+    in_p: list[Sample],
+    after: float | None,
+    counters: list[str],
+    rollover: Mapping[str, float | None],
+    p: RecordParams,
+) -> dict[str, Any]:
+    """The record of the period (run.b, run.b + period] from its samples ``in_p`` (``after``:
+    the time of the next reading, if any); advances the run to the period's end."""
+    b, e = run.b, run.b + p.period_s
+    flags: set[str] = set()
+    for s in in_p:
+        flags |= s.flags
+        run.mid = s.meter_id or run.mid
+    flags.discard("clock_step")
+    rec: dict[str, Any] = {
+        "device": p.device,
+        "role": p.role,
+        "start": rfc3339(b),
+        "end": rfc3339(e),
+        "period_s": p.period_s,
+        "samples": len(in_p),
+    }
+    flags |= _coverage_flags(run.prev_ts, in_p, after, b, e, p.gap_s)
+    for c in counters:
+        _counter_fields(rec, flags, run, c, e, rollover[c], p.gap_s)
+    _role_fields(rec, in_p, p, run.prev_vol)
+    if run.mid is not None:
+        rec["meter_id"] = run.mid
+    rec["flags"] = sorted(flags)
+    for s in in_p:
+        run.prev_ts = s.ts
+        if "volume_m3" in s.values:
+            run.prev_vol = s.values["volume_m3"]
+    run.b = e
+    return rec
+
+
+def _coverage_flags(
+    prev_ts: float | None,
+    in_p: Sequence[Sample],
+    after: float | None,
+    b: float,
+    e: float,
+    gap_s: float,
+) -> set[str]:
+    """``no_data`` + ``interpolated`` for a period without readings, ``partial`` for one
+    with a stretch longer than ``gap_s`` not covered by readings a poll apart."""
+    times = ([prev_ts] if prev_ts is not None else []) + [s.ts for s in in_p]
+    if after is not None:
+        times.append(after)
+    longest = max((min(y, e) - max(x, b) for x, y in itertools.pairwise(times)), default=math.inf)
+    if not in_p:
+        return {"no_data", "interpolated"}
+    if longest > gap_s:
+        return {"partial"}
+    return set()
+
+
+def _counter_fields(
+    rec: dict[str, Any],
+    flags: set[str],
+    run: _Run,
+    c: str,
+    e: float,
+    rollover: float | None,
+    gap_s: float,
+) -> None:
+    """Counter ``c``'s start, end and delta fields of the period (run.b, e] into ``rec``,
+    its flags into ``flags``; moves the counter's register and unwrapped value to ``e``."""
+    start_field, end_field, delta_field = COUNTER_FIELDS[c]
+    nd = COUNTERS[c][1]
+    b, pts = run.b, run.chains[c]
+    got = value_at(pts, e)
+    start = run.reg.get(c)
+    if got is None or start is None:
+        # no register value at one of the boundaries: the meter's counter is unknown
+        rec[start_field] = start
+        rec[end_field] = None
+        rec[delta_field] = None
+        flags.add("meter_error")
+        if got is not None:  # the counter is readable again: link from here on
+            run.reg[c] = round(got[0], nd)
+            run.u_b[c] = got[1]
+        return
+    r_end, u_end, width = got
+    if width > gap_s or bracket_width(pts, b) > gap_s:
+        flags.add("interpolated")
+    end = round(r_end, nd)
+    # the swap belongs to the period of the new meter's first reading
+    swap = any(q.event == "swap" and b < q.ts <= e for q in pts)
+    if swap:
+        flags.add("meter_replaced")
+    if reset_in(pts, b, e):
+        flags.add("counter_reset")
+    if swap or "counter_reset" in flags:
+        delta = round(max(0.0, u_end - run.u_b[c]), nd)
+    else:
+        d = end - start
+        if d < 0 and rollover:
+            d += rollover
+        delta = round(max(0.0, d), nd)
+    rec[start_field] = start
+    rec[end_field] = end
+    rec[delta_field] = delta
+    run.reg[c] = end
+    run.u_b[c] = u_end
+
+
+def _next_state(run: _Run, counters: list[str]) -> AggState:
+    """The state at the run's last boundary: per counter the last reading at or before it
+    and how far into the step after it the boundary lies."""
     anchor: dict[str, tuple[float, float]] = {}
     into: dict[str, float] = {}
     anchor_mid: str | None = None
     for c in counters:
-        pre_pts = [q for q in chains[c] if q.ts <= b]
-        if pre_pts and c in reg:
+        pre_pts = [q for q in run.chains[c] if q.ts <= run.b]
+        if pre_pts and c in run.reg:
             anchor[c] = (pre_pts[-1].ts, pre_pts[-1].reg)
-            into[c] = u_b[c] - pre_pts[-1].u
+            into[c] = run.u_b[c] - pre_pts[-1].u
             anchor_mid = anchor_mid or pre_pts[-1].mid
-    new = AggState(
-        boundary=b,
-        reg=reg,
+    return AggState(
+        boundary=run.b,
+        reg=run.reg,
         anchor=anchor,
         into=into,
-        last_ts=prev_ts,
-        meter_id=anchor_mid or mid,
-    )
-    return records, new
-
-
-def _width(pts: Sequence[_Point], t: float) -> float:
-    """The time between the readings around t (0 on a reading, inf when not bracketed)."""
-    for i, q in enumerate(pts):
-        if q.ts == t:
-            return 0.0
-        if q.ts > t:
-            return q.ts - pts[i - 1].ts if i else math.inf
-    return math.inf
-
-
-def _reset_in(pts: Sequence[_Point], b: float, e: float) -> bool:
-    """A counter reset in a step that overlaps (b, e]."""
-    return any(
-        q.event == "reset" and q.ts > b and pts[k - 1].ts < e for k, q in enumerate(pts) if k > 0
+        last_ts=run.prev_ts,
+        meter_id=anchor_mid or run.mid,
     )
