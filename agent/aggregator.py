@@ -341,7 +341,7 @@ def _record(
         "period_s": p.period_s,
         "samples": len(in_p),
     }
-    flags |= _coverage_flags(run.prev_ts, in_p, after, b, e, p.gap_s)
+    _coverage_flags(flags, run.prev_ts, in_p, after, b, e, p.gap_s)
     for c in counters:
         _counter_fields(rec, flags, run, c, e, rollover[c], p.gap_s)
     _role_fields(rec, in_p, p, run.prev_vol)
@@ -357,24 +357,25 @@ def _record(
 
 
 def _coverage_flags(
+    flags: set[str],
     prev_ts: float | None,
     in_p: Sequence[Sample],
     after: float | None,
     b: float,
     e: float,
     gap_s: float,
-) -> set[str]:
-    """``no_data`` + ``interpolated`` for a period without readings, ``partial`` for one
-    with a stretch longer than ``gap_s`` not covered by readings a poll apart."""
+) -> None:
+    """Into ``flags``: ``no_data`` + ``interpolated`` for a period without readings,
+    ``partial`` for one with a stretch longer than ``gap_s`` not covered by readings a poll
+    apart (``after``: the time of the reading after the period, if any)."""
     times = ([prev_ts] if prev_ts is not None else []) + [s.ts for s in in_p]
     if after is not None:
         times.append(after)
     longest = max((min(y, e) - max(x, b) for x, y in itertools.pairwise(times)), default=math.inf)
     if not in_p:
-        return {"no_data", "interpolated"}
-    if longest > gap_s:
-        return {"partial"}
-    return set()
+        flags |= {"no_data", "interpolated"}
+    elif longest > gap_s:
+        flags.add("partial")
 
 
 def _counter_fields(
