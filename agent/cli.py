@@ -1,13 +1,20 @@
-"""`dh-agent` command line (contract section 1). Each subcommand is a thin edge over
-the module that does the work; imports are lazy so a quick command starts fast."""
+"""`dh-agent` command line (contract section 1): the parser, one ``_add_<cmd>_parser`` per
+subcommand, and ``main``, which hands the parsed arguments to the subcommand's handler
+(``agent.cli_commands``: thin edges over the modules that do the work; imports are lazy so a
+quick command starts fast)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.cli_commands import HANDLERS
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _iso(s: str) -> float:
@@ -29,22 +36,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default: the config's [log] level, else info)",
     )
     sub = p.add_subparsers(dest="cmd", required=True)
+    _add_run_parser(sub)
+    _add_check_config_parser(sub)
+    _add_poll_parser(sub)
+    _add_keygen_parser(sub)
+    _add_sign_parser(sub)
+    _add_verify_parser(sub)
+    _add_export_parser(sub)
+    _add_status_parser(sub)
+    _add_serve_parser(sub)
+    _add_scan_parser(sub)
+    _add_customer_parser(sub)
+    _add_demo_parser(sub)
+    return p
 
+
+def _add_run_parser(sub: Subparsers) -> None:
     s = sub.add_parser("run", help="run the agent until SIGTERM/SIGINT")
     s.add_argument("--config", required=True, type=Path)
 
+
+def _add_check_config_parser(sub: Subparsers) -> None:
     s = sub.add_parser("check-config", help="validate a config; exit 0 valid, 2 invalid")
     s.add_argument("--config", required=True, type=Path)
 
+
+def _add_poll_parser(sub: Subparsers) -> None:
     s = sub.add_parser("poll", help="read every device once, one JSON object per device")
     s.add_argument("--config", required=True, type=Path)
     s.add_argument("--once", action="store_true", required=True)
 
+
+def _add_keygen_parser(sub: Subparsers) -> None:
     s = sub.add_parser("keygen", help="write NAME.key (Ed25519, PKCS#8, 0600) and NAME.pub")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--name", default="agent")
     s.add_argument("--force", action="store_true", help="overwrite existing keys")
 
+
+def _add_sign_parser(sub: Subparsers) -> None:
     s = sub.add_parser("sign", help="operator side: print a signed config/set or cmd message")
     s.add_argument("--key", required=True, type=Path)
     s.add_argument("--site", required=True)
@@ -54,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--version", type=int, help="config version (with --config-file)")
     s.add_argument("--seq", type=int, default=None, help="envelope seq (default: time-based)")
 
+
+def _add_verify_parser(sub: Subparsers) -> None:
     s = sub.add_parser("verify", help="head-end side: verify every message of a site")
     s.add_argument("--mqtt", required=True, help="mqtt://HOST:PORT")
     s.add_argument("--site", required=True)
@@ -68,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=None)
     s.add_argument("--topic-prefix", default="dh/v1")
 
+
+def _add_export_parser(sub: Subparsers) -> None:
     s = sub.add_parser("export", help="stored interval records of a time range")
     s.add_argument("--config", required=True, type=Path)
     s.add_argument("--from", dest="start", required=True, type=_iso)
@@ -75,14 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["csv", "json"], default="csv")
     s.add_argument("--device", default=None, help="only this device's records")
 
+
+def _add_status_parser(sub: Subparsers) -> None:
     s = sub.add_parser("status", help="short summary from the local store")
     s.add_argument("--config", required=True, type=Path)
 
+
+def _add_serve_parser(sub: Subparsers) -> None:
     s = sub.add_parser("serve", help="the technician's read-only web page")
     s.add_argument("--config", required=True, type=Path)
     s.add_argument("--listen", default=None, help="HOST:PORT (default: [web] listen)")
     s.add_argument("--idle-exit-s", type=float, default=None, help="exit after this idle time")
 
+
+def _add_scan_parser(sub: Subparsers) -> None:
     s = sub.add_parser("scan", help="list the meters answering on a wired M-Bus line")
     s.add_argument("--port", required=True, help="serial device, e.g. /dev/ttyUSB0")
     s.add_argument("--baudrate", type=int, choices=[300, 2400, 9600], default=2400)
@@ -95,39 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="reply timeout (default: 330 bit times + 50 ms)",
     )
 
+
+def _add_customer_parser(sub: Subparsers) -> None:
     s = sub.add_parser("customer", help="the customer's read-only Modbus TCP server (own process)")
     s.add_argument("--config", required=True, type=Path)
     s.add_argument("--listen", default=None, help="HOST:PORT (default: customer.listen)")
 
+
+def _add_demo_parser(sub: Subparsers) -> None:
     s = sub.add_parser("demo", help="simulator + agent + broker + live view on this machine")
     s.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     s.add_argument("--seconds", type=float, default=None, help="stop after this long")
     s.add_argument("--period-s", type=int, default=10)
     s.add_argument("--scenario", default="winter-peak")
     s.add_argument("--dir", type=Path, default=None, help="working folder (default: temporary)")
-    return p
-
-
-def _load_config(path: Path):  # type: ignore[no-untyped-def]
-    from agent.config import ConfigError, load
-
-    try:
-        return load(path)
-    except ConfigError as e:
-        for line in e.problems:
-            print(line, file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _open_readonly(path: Path):  # type: ignore[no-untyped-def]
-    """The database for a read-only tool; a missing or unreadable one is an error (exit 1)."""
-    from agent.store import Store, StoreError
-
-    try:
-        return Store(path, readonly=True)
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,135 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.logs import setup_logging
 
     setup_logging(args.log_level)
-
-    if args.cmd == "check-config":
-        from agent.config import ConfigError, load
-
-        try:
-            load(args.config)
-        except ConfigError as e:
-            for line in e.problems:
-                print(line)
-            return 2
-        print(f"{args.config}: ok")
-        return 0
-
-    if args.cmd == "keygen":
-        from agent.keys import keygen
-
-        try:
-            kid = keygen(args.out, args.name, force=args.force)
-        except FileExistsError as e:
-            print(f"keygen: {e} exists; use --force to overwrite", file=sys.stderr)
-            return 1
-        print(kid)
-        return 0
-
-    if args.cmd == "poll":
-        from agent.poll import poll_once
-
-        return poll_once(_load_config(args.config), sys.stdout)
-
-    if args.cmd == "run":
-        import faulthandler
-        import signal
-
-        from agent.runner import run_agent
-
-        # a technician's `kill -USR1` dumps every thread's stack to the journal
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
-        cfg = _load_config(args.config)
-        if args.log_level is None:
-            setup_logging(cfg.log_level)
-        return run_agent(cfg)
-
-    if args.cmd == "export":
-        from agent.export import export_records
-
-        cfg = _load_config(args.config)
-        store = _open_readonly(cfg.storage.path)
-        try:
-            export_records(store, args.start, args.end, args.format, sys.stdout, args.device)
-        finally:
-            store.close()
-        return 0
-
-    if args.cmd == "status":
-        import time
-
-        from agent.export import status_summary
-        from agent.store_readonly import refused_lines
-
-        cfg = _load_config(args.config)
-        store = _open_readonly(cfg.storage.path)
-        try:
-            now = time.time()
-            print(status_summary(store, now))
-            for line in refused_lines(store):
-                print(line)
-            from agent.advice import YEAR_S, contract_review, describe
-            from agent.limiter_store import status_lines
-
-            for line in status_lines(store, now):
-                print(line)
-
-            c = cfg.contract
-            for d in cfg.devices:
-                if d.role == "heat_meter":
-                    recs = store.iter_intervals(now - YEAR_S, now, d.name)
-                    review = contract_review(recs, now, c.flow_limit_m3h, c.power_limit_kw)
-                    print(f"{d.name}: {describe(review)}")
-        finally:
-            store.close()
-        return 0
-
-    if args.cmd == "verify":
-        from agent.verify import run_verify
-
-        return run_verify(
-            args.mqtt,
-            args.site,
-            args.pubkey,
-            args.seconds,
-            sys.stdout,
-            args.topic_prefix,
-            operator_pubkeys=args.operator_pubkey,
-        )
-
-    if args.cmd == "sign":
-        from agent.operator import sign_cli
-
-        return sign_cli(args, sys.stdout)
-
-    if args.cmd == "serve":
-        from agent.web.serve import run_serve
-
-        cfg = _load_config(args.config)
-        if args.log_level is None:
-            setup_logging(cfg.log_level)
-        return run_serve(cfg, args.listen, args.idle_exit_s)
-
-    if args.cmd == "scan":
-        from agent.scan import run_scan
-
-        return run_scan(
-            args.port, args.baudrate, args.secondary, sys.stdout, args.max_address, args.timeout_s
-        )
-
-    if args.cmd == "customer":
-        from agent.customer import run_customer
-
-        cfg = _load_config(args.config)
-        if args.log_level is None:
-            setup_logging(cfg.log_level)
-        return run_customer(cfg, args.listen)
-
-    if args.cmd == "demo":
-        from agent.demo import run_demo
-
-        return run_demo(args)
-
-    return 2
+    handler = HANDLERS.get(args.cmd)
+    return 2 if handler is None else handler(args)
 
 
 if __name__ == "__main__":
