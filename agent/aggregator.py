@@ -82,6 +82,10 @@ class RecordParams:
     power_limit_kw: float | None = None
     rollover: Mapping[str, float] = field(default_factory=dict)
     gap_s: float = 10.0
+    # how long a period may wait past its end for a reading that carries the registers
+    # (a meter answering with an error status has none); past it, the period closes with
+    # the registers unknown (``meter_error``) and the series is taken up again afterwards
+    counter_wait_s: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,8 +246,9 @@ def close_periods(
         return [], state
     counters = list(COUNTERS) if p.role == "heat_meter" else []
     rollover = {c: p.rollover.get(c) for c in counters}
+    horizon = _close_horizon(ss, counters, p)
     if state.boundary is None:
-        started = _first_run(ss, p.period_s, counters, rollover)
+        started = _first_run(ss, p.period_s, counters, rollover, horizon)
         if started is None:
             return [], state
         run, ss = started
@@ -251,21 +256,37 @@ def close_periods(
         run = _resumed_run(state, ss, counters, rollover)
     records: list[dict[str, Any]] = []
     i = 0
-    while ss and ss[-1].ts >= run.b + p.period_s:
+    while ss and horizon >= run.b + p.period_s:
         in_p, i = _period_samples(ss, i, run.b + p.period_s)
         after = ss[i].ts if i < len(ss) else None
         records.append(_record(run, in_p, after, counters, rollover, p))
     return records, _next_state(run, counters)
 
 
+def _close_horizon(ss: list[Sample], counters: list[str], p: RecordParams) -> float:
+    """The latest boundary that may close now: a heat meter's period waits for a reading
+    that carries every register after its end (so its end value is interpolated, never
+    left unknown, across a short run of error replies), at most ``counter_wait_s``."""
+    newest = ss[-1].ts
+    if not counters:
+        return newest
+    full = next((s.ts for s in reversed(ss) if all(c in s.values for c in counters)), None)
+    waited = newest - p.counter_wait_s
+    return max(full, waited) if full is not None else waited
+
+
 def _first_run(
-    ss: list[Sample], ps: int, counters: list[str], rollover: Mapping[str, float | None]
+    ss: list[Sample],
+    ps: int,
+    counters: list[str],
+    rollover: Mapping[str, float | None],
+    horizon: float,
 ) -> tuple[_Run, list[Sample]] | None:
     """Before the first record: the first boundary is the first multiple of the period at
     or after the first reading; None while no reading brackets it. Returns the run and the
     samples after that boundary."""
     b = float(math.ceil(ss[0].ts / ps) * ps)
-    if ss[-1].ts < b:
+    if horizon < b:
         return None
     mid = next((s.meter_id for s in reversed(ss) if s.ts <= b and s.meter_id), None)
     chains: dict[str, list[Point]] = {}

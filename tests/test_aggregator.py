@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import given, settings
@@ -330,3 +330,42 @@ def test_property_meter_swap_conserves_each_series(
         assert math.isclose(
             sum(r["energy_kwh"] for r in side), diff, abs_tol=1e-6 * len(side) + 1e-6
         )
+
+
+def test_error_replies_around_a_boundary_do_not_break_the_chain() -> None:
+    """A meter answering with an error status (no register values) across a boundary:
+    the period waits for the next good reading and its end is interpolated, so the
+    records stay linked (seen over M-Bus with the simulator's faults scenario)."""
+    t0 = 1_800_000_000.0 - 30  # 30 s before a boundary (P = 60 divides it)
+    good = [hm(t0 + i, 100.0 + 0.1 * i, 1.0 + 0.001 * i) for i in range(25)]
+    bad = [Sample(ts=t0 + i, values={"flow_m3h": 1.0}, flags=frozenset({"meter_error"}))
+           for i in range(25, 40)]  # fmt: skip
+    later = [hm(t0 + i, 100.0 + 0.1 * i, 1.0 + 0.001 * i) for i in range(40, 160)]
+    samples = good + bad + later
+    for chunks in (1, 7, 40):
+        recs = run(samples, chunks=chunks, seed=chunks)
+        assert len(recs) >= 2
+        for a, b in itertools.pairwise(recs):
+            assert a["energy_end_kwh"] is not None
+            assert a["energy_end_kwh"] == b["energy_start_kwh"]
+            assert a["volume_end_m3"] == b["volume_start_m3"]
+        first = recs[0]
+        assert "interpolated" in first["flags"]
+        assert math.isclose(first["energy_start_kwh"], 103.0, abs_tol=0.002)
+
+
+def test_a_long_meter_error_closes_periods_after_the_wait() -> None:
+    """Past ``counter_wait_s`` without register values the period closes anyway, with its
+    end unknown (``meter_error``), so a dead meter never holds records back for ever."""
+    p = RecordParams(device="hm1", role="heat_meter", period_s=P, counter_wait_s=120.0)
+    t0 = 1_800_000_000.0 - 30
+    good = [hm(t0 + i, 100.0 + 0.1 * i, 1.0) for i in range(10)]
+    bad = [Sample(ts=t0 + i, values={}, flags=frozenset({"meter_error"}))
+           for i in range(10, 400)]  # fmt: skip
+    recs = run(good + bad, p=p)
+    assert recs and recs[0]["energy_end_kwh"] is None and "meter_error" in recs[0]["flags"]
+    assert all(r["end"] <= _iso(t0 + 399 - 120) for r in recs)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
