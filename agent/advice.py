@@ -15,11 +15,9 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.timefmt import to_unix
+
 YEAR_S = 365 * 86400
-
-
-def _ts(s: str) -> float:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
 def hourly(records: Iterable[Mapping[str, Any]]) -> dict[float, tuple[float, float, bool]]:
@@ -29,7 +27,7 @@ def hourly(records: Iterable[Mapping[str, Any]]) -> dict[float, tuple[float, flo
         if r.get("role") != "heat_meter" or r.get("volume_m3") is None:
             continue
         p = int(r.get("period_s") or 3600)
-        start = _ts(str(r["start"]))
+        start = to_unix(str(r["start"]))
         h = math.floor(start / 3600) * 3600.0
         a = acc.setdefault(h, [0.0, 0.0, 0, False, p])
         a[0] += float(r["volume_m3"])
@@ -77,7 +75,7 @@ def contract_review(
 
 
 def record_end(rec: Mapping[str, Any]) -> float:
-    return _ts(str(rec["end"]))
+    return to_unix(str(rec["end"]))
 
 
 def month_key(ts: float) -> str:

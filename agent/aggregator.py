@@ -53,7 +53,7 @@ from typing import Any
 
 from agent.counter_chain import Point, bracket_width, chain, reset_in, value_at
 from agent.counter_chain import step as step  # re-exported: part of this module's surface
-from agent.events import rfc3339
+from agent.timefmt import rfc3339
 
 COUNTERS: dict[str, tuple[str, int]] = {"energy_kwh": ("energy", 3), "volume_m3": ("volume", 6)}
 # per counter, the record's fields: (register at the start, register at the end, delta)

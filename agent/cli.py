@@ -7,24 +7,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.cli_commands import HANDLERS
+from agent.timefmt import parse_time
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _iso(s: str) -> float:
-    try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {s!r}") from e
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    t = parse_time(s)
+    if t is None:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {s!r}")
+    return t
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.timefmt import parse_time
+
 MAP_VERSION = 1
 NAN = float("nan")
 AGE_UNKNOWN = 0xFFFF
@@ -163,21 +165,10 @@ def _limiter(snap: Mapping[str, Any], put: Any) -> None:
     put(LIMITER_BASE + 16, u32(_num(lim.get("period_start"))))
 
 
-def _ts(s: Any) -> float | None:
-    from datetime import datetime
-
-    if not isinstance(s, str):
-        return None
-    try:
-        return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def _last_record(snap: Mapping[str, Any], hm_name: str | None, put: Any) -> None:
     rec = (snap.get("last_records") or {}).get(hm_name or "") or {}
-    put(RECORD_BASE, u32(_ts(rec.get("start"))))
-    put(RECORD_BASE + 2, u32(_ts(rec.get("end"))))
+    put(RECORD_BASE, u32(parse_time(rec.get("start"))))
+    put(RECORD_BASE + 2, u32(parse_time(rec.get("end"))))
     for i, k in enumerate(("energy_kwh", "volume_m3", "flow_avg_m3h", "power_avg_kw",
                            "supply_avg_c", "return_avg_c", "cooling_avg_c")):  # fmt: skip
         put(RECORD_BASE + 4 + 2 * i, f32(_num(rec.get(k))))

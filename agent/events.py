@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
-
-def rfc3339(ts: float) -> str:
-    """Unix seconds to RFC 3339 UTC with Z (millisecond precision when fractional)."""
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    if dt.microsecond:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+from agent.timefmt import rfc3339
 
 
 def _clean(v: Any) -> Any:

@@ -30,7 +30,6 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.protocol import CHAINED_STREAMS as CHAINED_STREAMS  # re-exported
+from agent.timefmt import rfc3339_ms
 
 ALG = "Ed25519"
 ACCEPTED_ALGS = frozenset({"Ed25519", "EdDSA"})
@@ -99,12 +99,6 @@ def thumbprint(pub: Ed25519PublicKey) -> str:
     return b64u_encode(hashlib.sha256(_json(jwk, sort=True)).digest())
 
 
-def rfc3339(ts: float) -> str:
-    """Unix seconds -> RFC 3339 UTC with milliseconds and ``Z``."""
-    dt = datetime.fromtimestamp(ts, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
 def envelope(
     site: str, stream: str, seq: int, prev: str | None, ts: float, body: Any
 ) -> dict[str, Any]:
@@ -115,7 +109,7 @@ def envelope(
         "site": site,
         "stream": stream,
         "seq": seq,
-        "ts": rfc3339(ts),
+        "ts": rfc3339_ms(ts),
         "body": body,
     }
     if stream in CHAINED_STREAMS or prev is not None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.limiter_state import LimiterState, Override
+from agent.timefmt import parse_time
 
 MAX_AHEAD_S = 24 * 3600.0
 KEYS = ("flow_limit_m3h", "power_limit_kw")
@@ -23,11 +24,7 @@ KEYS = ("flow_limit_m3h", "power_limit_kw")
 def _time(v: Any) -> float | None:
     if not isinstance(v, str) or len(v) > 64:
         return None
-    try:
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt.timestamp() if dt.tzinfo is not None else None
+    return parse_time(v, naive=False)
 
 
 def parse(body: dict[str, Any], now: float) -> tuple[Override | None, str]:

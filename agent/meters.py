@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.aggregator import AggState, Sample
-from agent.events import rfc3339
+from agent.timefmt import rfc3339
 from drivers.types import Reading
 
 FLAG_PREFIX = "meter_id="

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.events import rfc3339
+from agent.timefmt import parse_time, rfc3339
 
 
 @dataclass(frozen=True)
@@ -129,15 +129,6 @@ def _worse(a: float | None, b: float, low: bool) -> float:
     if a is None:
         return b
     return min(a, b) if low else max(a, b)
-
-
-def _ts(s: Any) -> float | None:
-    if not isinstance(s, str):
-        return None
-    try:
-        return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _num(v: Any) -> float | None:
@@ -278,7 +269,7 @@ class Monitors:
             return []
         p = self.params
         device = str(rec.get("device", ""))
-        start, end = _ts(rec.get("start")), _ts(rec.get("end"))
+        start, end = parse_time(rec.get("start")), parse_time(rec.get("end"))
         if start is None or end is None:
             return []
         out: list[dict[str, Any]] = []

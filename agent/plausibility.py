@@ -41,8 +41,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.events import rfc3339
 from agent.plausibility_water import heat_kwh
+from agent.timefmt import rfc3339
 
 BUCKETS = 24
 

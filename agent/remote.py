@@ -25,7 +25,6 @@ import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from agent import limiter_override
 from agent.config import Config, merge_remote, remote_view, validate
 from agent.jws import JWSError, verify
 from agent.protocol import CHAINED_STREAMS, CMD_RESEND, COMMANDS
+from agent.timefmt import parse_time
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEPTH = 32
@@ -139,14 +139,6 @@ def open_message(
     return env, ""
 
 
-def _ts(s: str) -> float | None:
-    try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt.timestamp() if dt.tzinfo is not None else None
-
-
 def decide_config(
     raw: bytes,
     *,
@@ -213,7 +205,7 @@ def decide_cmd(
     cid, name = b.get("id"), b.get("cmd")
     if not isinstance(cid, str) or not 1 <= len(cid) <= 128:
         return reject("malformed: id must be a string of 1-128 characters")
-    t = _ts(env["ts"])
+    t = parse_time(env["ts"], naive=False)
     if t is None:
         return reject("malformed: ts is not an RFC 3339 time")
     if abs(now - t) > CMD_WINDOW_S:

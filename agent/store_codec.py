@@ -8,11 +8,11 @@ import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from agent.jws import b64u_decode, b64u_encode
 from agent.store_schema import StoreError
+from agent.timefmt import to_unix
 
 CODEC_VERBATIM = 0  # payload column = the whole compact JWS as ASCII
 CODEC_DEFLATE_DICT1 = 1  # payload = raw deflate of the envelope bytes, preset dictionary 1
@@ -103,7 +103,7 @@ def start_key(rec: dict[str, Any]) -> int:
     s = rec["start"]
     if isinstance(s, int | float):
         return int(s)
-    return int(datetime.fromisoformat(str(s).replace("Z", "+00:00")).timestamp())
+    return int(to_unix(str(s)))
 
 
 def encode_samples(rows: Sequence[SampleRow]) -> bytes:

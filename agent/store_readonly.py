@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.events import rfc3339
 from agent.store import Store
+from agent.timefmt import rfc3339
 
 
 def refused_lines(store: Store) -> list[str]:

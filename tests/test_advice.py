@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.advice import YEAR_S, contract_review, describe, hourly
-from agent.events import rfc3339
+from agent.timefmt import rfc3339
 
 H0 = 1_700_006_400.0  # a whole hour
 

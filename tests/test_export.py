@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli import main
 from agent.config import load
-from agent.events import rfc3339
 from agent.export import COLUMNS, column_order, csv_cell, open_alarms
 from agent.jws import Signer, envelope
 from agent.store import SampleRow, SignBody, Store
+from agent.timefmt import rfc3339
 from simulator.layout import devices_toml
 
 T0 = 1_735_689_600  # 2025-01-01T00:00:00Z

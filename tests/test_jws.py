@@ -30,11 +30,11 @@ from agent.jws import (
     chain_hash,
     envelope,
     header_kid,
-    rfc3339,
     thumbprint,
     verify,
 )
 from agent.keys import keygen, load_private, load_public
+from agent.timefmt import rfc3339_ms as rfc3339
 
 
 def jose_verify(compact: str, pub: Ed25519PublicKey) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent.events import rfc3339
 from agent.monitors import MonitorParams, Monitors
+from agent.timefmt import rfc3339
 from simulator.plant import Plant
 
 T0 = 1_705_276_800.0  # 2024-01-15T00:00:00Z

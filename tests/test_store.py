@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 import agent.store as store_mod
 import agent.store_schema as schema_mod
-from agent.events import rfc3339
 from agent.jws import Signer, chain_hash, envelope, verify
 from agent.store import (
     CODEC_DEFLATE_DICT1,
@@ -37,6 +36,7 @@ from agent.store import (
     pack_jws,
     unpack_jws,
 )
+from agent.timefmt import rfc3339
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = "site-1"
@@ -475,7 +475,7 @@ CHILD = r"""
 import json, sys, time
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives import serialization
-from agent.events import rfc3339
+from agent.timefmt import rfc3339
 from agent.jws import Signer, envelope
 from agent.store import SampleRow, Store
 

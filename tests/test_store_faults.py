@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.events import rfc3339
 from agent.jws import Signer, envelope, verify
 from agent.store import Store
+from agent.timefmt import rfc3339
 from tests.test_store import SIGNER, SITE, T0
 
 NEW_SIGNER = Signer(Ed25519PrivateKey.generate())  # a rotated key: a new header row

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from agent.events import rfc3339
+from agent.timefmt import rfc3339
 from agent.web import charts, pages, svg
 from agent.web.http import (
     SECURITY_HEADERS,

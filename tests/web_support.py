@@ -15,10 +15,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import snapshot
-from agent.events import rfc3339
 from agent.jws import Signer, envelope
 from agent.keys import keygen
 from agent.store import Store
+from agent.timefmt import rfc3339
 from drivers.types import Quality, Reading, Value
 from tests.support.rig import BIN, free_port, wait_until
 

@@ -11,20 +11,14 @@ Records flagged ``no_data`` and ``interpolated`` become marked spans on the devi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
+from agent.timefmt import parse_time
 from agent.web.svg import Plot, RefLine, Series, Span, downsample
 
 
 def rec_time(rec: Mapping[str, Any], key: str) -> float | None:
-    v = rec.get(key)
-    if not isinstance(v, str):
-        return None
-    try:
-        return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    return parse_time(rec.get(key))
 
 
 def _val(rec: Mapping[str, Any], key: str) -> float | None:

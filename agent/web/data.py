@@ -23,10 +23,11 @@ import json
 import sqlite3
 import zlib
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from agent.timefmt import parse_time
 
 CODEC_VERBATIM = 0
 CODEC_DEFLATE_DICT1 = 1
@@ -35,12 +36,7 @@ CODEC_DEFLATE_DICT1 = 1
 def _ts(s: Any) -> float | None:
     if isinstance(s, int | float):
         return float(s)
-    if not isinstance(s, str):
-        return None
-    try:
-        return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    return parse_time(s)
 
 
 def decode_envelope(codec: int, payload: bytes, zdict: bytes) -> dict[str, Any] | None:
