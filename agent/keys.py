@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import stat
 from pathlib import Path
 
@@ -23,26 +22,10 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
+from agent.atomicfile import write_atomic
 from agent.jws import thumbprint
 
 log = logging.getLogger(__name__)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # whatever the umask
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def keygen(out_dir: Path, name: str = "agent", force: bool = False) -> str:
@@ -60,8 +43,8 @@ def keygen(out_dir: Path, name: str = "agent", force: bool = False) -> str:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     pub = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    _write(key_path, pem, 0o600)
-    _write(pub_path, pub, 0o644)
+    write_atomic(key_path, pem, mode=0o600)
+    write_atomic(pub_path, pub, mode=0o644)
     return thumbprint(key.public_key())
 
 

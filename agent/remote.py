@@ -21,8 +21,6 @@ import base64
 import binascii
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import limiter_override
+from agent.atomicfile import write_atomic
 from agent.config import Config, merge_remote, remote_view, validate
 from agent.jws import JWSError, verify
 from agent.protocol import CHAINED_STREAMS, CMD_RESEND, COMMANDS
@@ -232,26 +231,6 @@ def decide_cmd(
 
 
 # --- persistence -----------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the folder: all or nothing across a power cut."""
-    folder = path.parent
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def overlay_path(cfg: Config) -> Path:

@@ -24,9 +24,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.atomicfile import fsync_dir, write_atomic
 from agent.jws import Signer, thumbprint
 from agent.keys import load_private
-from agent.remote import write_atomic
 
 log = logging.getLogger("dh.remote")
 
@@ -60,11 +60,7 @@ def write_pending(path: Path) -> Ed25519PrivateKey:
 
 def switch(pending: Path, active: Path) -> None:
     os.replace(pending, active)
-    fd = os.open(active.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(active.parent)
 
 
 class Rotation:

@@ -11,16 +11,14 @@ malformed or stale file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent import atomicfile
 from agent.limiter import LimiterParams, LimiterState
 from agent.limiter_law import allowed_rate
 from drivers.types import Reading
@@ -179,16 +177,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename, so
     a reader sees the old file or the new one, never half of one. No fsync (RAM)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".live-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomicfile.write_atomic(path, data, fsync=False, mode=0o644)
 
 
 def parse_snapshot(data: bytes) -> dict[str, Any] | None:
