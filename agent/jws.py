@@ -27,7 +27,6 @@ import base64
 import binascii
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from agent.finite import finite_or_null
 from agent.protocol import CHAINED_STREAMS as CHAINED_STREAMS  # re-exported
 from agent.timefmt import rfc3339_ms
 
@@ -79,17 +79,6 @@ def _json(obj: Any, *, sort: bool) -> bytes:
             allow_nan=False,
         )
     return text.encode("utf-8")
-
-
-def finite_or_null(obj: Any) -> Any:
-    """A copy with every non-finite float replaced by None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite_or_null(v) for v in obj]
-    return obj
 
 
 def thumbprint(pub: Ed25519PublicKey) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent import limiter_override
 from agent.atomicfile import write_atomic
 from agent.config import Config, merge_remote, remote_view, validate
+from agent.finite import all_finite
 from agent.jws import JWSError, verify
 from agent.protocol import CHAINED_STREAMS, CMD_RESEND, COMMANDS
 from agent.timefmt import parse_time
@@ -61,16 +61,6 @@ def _depth(v: Any, d: int = 0) -> int:
     if isinstance(v, list):
         return max((_depth(x, d + 1) for x in v), default=d + 1)
     return d
-
-
-def _finite(v: Any) -> bool:
-    if isinstance(v, float):
-        return math.isfinite(v)
-    if isinstance(v, dict):
-        return all(_finite(x) for x in v.values())
-    if isinstance(v, list):
-        return all(_finite(x) for x in v)
-    return True
 
 
 def _reject_constant(s: str) -> Any:
@@ -125,7 +115,7 @@ def open_message(
         return None, "bad_signature"
     if _depth(env) > MAX_DEPTH:
         return None, "malformed: nested too deeply"
-    if not _finite(env):
+    if not all_finite(env):
         return None, "malformed: non-finite number"
     if env.get("v") != 1 or not isinstance(env.get("site"), str):
         return None, "malformed: envelope v/site"

@@ -12,13 +12,13 @@ malformed or stale file.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent import atomicfile
+from agent.finite import finite
 from agent.limiter import LimiterParams, LimiterState
 from agent.limiter_law import allowed_rate
 from drivers.types import Reading
@@ -42,10 +42,6 @@ class DeviceView:
     identity: Mapping[str, Any] | None = None
 
 
-def _num(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
-
-
 def device_entry(d: DeviceView) -> dict[str, Any]:
     r = d.last
     return {
@@ -58,7 +54,7 @@ def device_entry(d: DeviceView) -> dict[str, Any]:
         "ok": r.ok if r is not None else None,
         "error": r.error if r is not None else None,
         "values": {
-            k: {"value": _num(v.value), "unit": v.unit, "quality": str(v.quality)}
+            k: {"value": finite(v.value), "unit": v.unit, "quality": str(v.quality)}
             for k, v in (r.values.items() if r is not None else ())
         },
         "counters": dict(d.counters),
