@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.protocol import HEAT_METER
 from agent.timefmt import to_unix
 
 YEAR_S = 365 * 86400
@@ -24,7 +25,7 @@ def hourly(records: Iterable[Mapping[str, Any]]) -> dict[float, tuple[float, flo
     """Complete clock hours of one heat meter: hour start -> (m3, kWh, any no_data)."""
     acc: dict[float, list[Any]] = {}
     for r in records:
-        if r.get("role") != "heat_meter" or r.get("volume_m3") is None:
+        if r.get("role") != HEAT_METER or r.get("volume_m3") is None:
             continue
         p = int(r.get("period_s") or 3600)
         start = to_unix(str(r["start"]))

@@ -53,6 +53,7 @@ from typing import Any
 
 from agent.counter_chain import Point, bracket_width, chain, reset_in, value_at
 from agent.counter_chain import step as step  # re-exported: part of this module's surface
+from agent.protocol import DP_SENSOR, HEAT_METER
 from agent.timefmt import rfc3339
 
 COUNTERS: dict[str, tuple[str, int]] = {"energy_kwh": ("energy", 3), "volume_m3": ("volume", 6)}
@@ -191,7 +192,7 @@ def _role_fields(
     def vals(k: str) -> list[float]:
         return [s.values[k] for s in in_p if k in s.values]
 
-    if p.role == "heat_meter":
+    if p.role == HEAT_METER:
         vol, en = rec.get("volume_m3"), rec.get("energy_kwh")
         flows, pows = vals("flow_m3h"), vals("power_kw")
         rec["flow_avg_m3h"] = _r(vol / hours, 6) if vol is not None else None
@@ -208,7 +209,7 @@ def _role_fields(
             rec["power_limit_kw"] = p.power_limit_kw
             exceeded = exceeded or (pa is not None and pa > p.power_limit_kw)
         rec["limit_exceeded"] = bool(exceeded)
-    elif p.role == "dp_sensor":
+    elif p.role == DP_SENSOR:
         dps = vals("dp_kpa")
         rec["dp_min_kpa"] = _r(min(dps), 2) if dps else None
         rec["dp_avg_kpa"] = _r(_mean(dps), 2)
@@ -244,7 +245,7 @@ def close_periods(
     ss = _clean(samples, state.boundary)
     if not ss:
         return [], state
-    counters = list(COUNTERS) if p.role == "heat_meter" else []
+    counters = list(COUNTERS) if p.role == HEAT_METER else []
     rollover = {c: p.rollover.get(c) for c in counters}
     horizon = _close_horizon(ss, counters, p)
     if state.boundary is None:

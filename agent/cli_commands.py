@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.protocol import HEAT_METER
+
 
 def _load_config(path: Path):  # type: ignore[no-untyped-def]
     from agent.config import ConfigError, load
@@ -117,7 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         c = cfg.contract
         for d in cfg.devices:
-            if d.role == "heat_meter":
+            if d.role == HEAT_METER:
                 recs = store.iter_intervals(now - YEAR_S, now, d.name)
                 review = contract_review(recs, now, c.flow_limit_m3h, c.power_limit_kw)
                 print(f"{d.name}: {describe(review)}")

@@ -53,6 +53,7 @@ from agent.config_types import (
     WebCfg,
 )
 from agent.plausibility import PlausibilityParams
+from agent.protocol import ACTUATOR
 
 __all__ = [
     "DEFAULT_LIVE_PATH",
@@ -139,7 +140,7 @@ def _check_limiter(lim: Mapping[str, Any], devices: list[DeviceCfg], problems: l
         act = [d for d in devices if d.name == lim["actuator"]]
         if not act:
             problems.append(f"limiter.actuator: no device named {lim['actuator']!r}")
-        elif act[0].role != "actuator":
+        elif act[0].role != ACTUATOR:
             problems.append(f"limiter.actuator: device {lim['actuator']!r} is not an actuator")
 
 
@@ -148,7 +149,7 @@ def _check_contract(
 ) -> None:
     """An enforced limit needs an actuator."""
     if c.get("enforce", True) and ("flow_limit_m3h" in c or "power_limit_kw" in c):
-        has_act = "actuator" in lim or any(d.role == "actuator" for d in devices)
+        has_act = "actuator" in lim or any(d.role == ACTUATOR for d in devices)
         if devices and not has_act:
             problems.append("contract.enforce: true needs an actuator device")
 
@@ -180,7 +181,7 @@ def _build_config(
 
     lim = t["limiter"]
     if "actuator" not in lim:
-        acts = [d.name for d in devices if d.role == "actuator"]
+        acts = [d.name for d in devices if d.role == ACTUATOR]
         if acts:
             lim = {**lim, "actuator": acts[0]}
     mqtt_args: dict[str, Any] = {

@@ -10,6 +10,7 @@ from typing import Any
 
 from agent.config_schema import DEVICE_SCHEMA, check_table
 from agent.config_types import DeviceCfg
+from agent.protocol import HEAT_METER
 from drivers.mbus_map import available_mbus_profiles
 from drivers.profile import ProfileError, available_profiles, load_profile
 
@@ -140,6 +141,6 @@ def _check_mbus(vals: dict[str, Any], where: str, problems: list[str]) -> None:
     known = available_mbus_profiles()
     if prof not in known:
         problems.append(f"{where}.profile: no M-Bus profile {prof!r} (have: {', '.join(known)})")
-    if vals.get("role", "heat_meter") != "heat_meter":
+    if vals.get("role", HEAT_METER) != HEAT_METER:
         problems.append(f"{where}.role: transport mbus reads heat meters (role heat_meter)")
     vals.setdefault("timeout_s", round(330.0 / float(baud) + 0.05, 4))

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.protocol import DP_SENSOR, HEAT_METER
 from agent.timefmt import parse_time
 
 MAP_VERSION = 1
@@ -131,8 +132,8 @@ def build_image(
 
     written = _num(snap.get("written"))
     age = now - written if written is not None else None
-    hm_name, hm = _first(snap, "heat_meter")
-    dp_name, dp = _first(snap, "dp_sensor")
+    hm_name, hm = _first(snap, HEAT_METER)
+    dp_name, dp = _first(snap, DP_SENSOR)
     put(0, [MAP_VERSION, STATUS[status]])
     put(2, [AGE_UNKNOWN if age is None or not 0 <= age < AGE_UNKNOWN else round(age)])
     put(3, [1 if snap.get("clock_synced") else 0])
@@ -140,12 +141,12 @@ def build_image(
     put(6, [HEALTH.get(str(hm.get("health")), 0xFFFF), HEALTH.get(str(dp.get("health")), 0xFFFF)])
     put(8, [1 if hm_name else 0, 1 if dp_name else 0])
     for i, name in enumerate(HEAT_VALUES):
-        put(HEAT_BASE + 4 * i, _record(mem, "heat_meter", name, hm, now, status))
-    e = mem.last.get(("heat_meter", "energy_kwh"))
-    v = mem.last.get(("heat_meter", "volume_m3"))
+        put(HEAT_BASE + 4 * i, _record(mem, HEAT_METER, name, hm, now, status))
+    e = mem.last.get((HEAT_METER, "energy_kwh"))
+    v = mem.last.get((HEAT_METER, "volume_m3"))
     put(EXACT_BASE, u32(round(e[0] * 10) if e else None))
     put(EXACT_BASE + 2, u32(round(v[0] * 1000) if v else None))
-    put(DP_BASE, _record(mem, "dp_sensor", "dp_kpa", dp, now, status))
+    put(DP_BASE, _record(mem, DP_SENSOR, "dp_kpa", dp, now, status))
     _limiter(snap, put)
     _last_record(snap, hm_name, put)
     return img

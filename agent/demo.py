@@ -28,6 +28,7 @@ import aiomqtt
 from agent.config import load
 from agent.jws import JWSError, chain_hash, thumbprint, verify
 from agent.keys import keygen, load_public
+from agent.protocol import DP_SENSOR, HEAT_METER
 from agent.runner import Agent
 from agent.web.serve import start_page, stop_page
 from simulator.layout import devices_toml
@@ -154,13 +155,13 @@ class HeadEnd:
         if s == "interval":
             self.verified_intervals += 1
             self.records.append(body)
-            if body.get("role") == "heat_meter":
+            if body.get("role") == HEAT_METER:
                 self.note(
                     f"verified interval #{seq} {body.get('device')} {body.get('start')} "
                     f"energy {body.get('energy_kwh')} kWh volume {body.get('volume_m3')} m3 "
                     f"flow_avg {body.get('flow_avg_m3h')} m3/h flags {body.get('flags')}{why}"
                 )
-            elif body.get("role") == "dp_sensor":
+            elif body.get("role") == DP_SENSOR:
                 self.note(
                     f"verified interval #{seq} {body.get('device')} {body.get('start')} "
                     f"dp min/avg/max {body.get('dp_min_kpa')}/{body.get('dp_avg_kpa')}/"

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.protocol import DP_SENSOR, HEAT_METER
 from agent.timefmt import parse_time, rfc3339
 
 
@@ -96,30 +97,30 @@ class _Spec:
 
 LIVE: tuple[_Spec, ...] = (
     _Spec(
-        "supply_temp_low", "supply_temp_low_end", "heat_meter", "supply_c",
+        "supply_temp_low", "supply_temp_low_end", HEAT_METER, "supply_c",
         lambda v, p: v < p.supply_min_c, lambda p: p.supply_min_c, True,
     ),
     _Spec(
-        "supply_temp_high", "supply_temp_high_end", "heat_meter", "supply_c",
+        "supply_temp_high", "supply_temp_high_end", HEAT_METER, "supply_c",
         lambda v, p: v > p.supply_max_c, lambda p: p.supply_max_c, False,
     ),
     _Spec(
-        "heat_outage_start", "heat_outage_end", "heat_meter", "supply_c",
+        "heat_outage_start", "heat_outage_end", HEAT_METER, "supply_c",
         lambda v, p: v < p.outage_supply_c, lambda p: p.outage_supply_c, True,
     ),
     _Spec(
-        "dp_low", "dp_low_end", "dp_sensor", "dp_kpa",
+        "dp_low", "dp_low_end", DP_SENSOR, "dp_kpa",
         lambda v, p: v < p.dp_min_kpa, lambda p: p.dp_min_kpa, True,
     ),
 )  # fmt: skip
 
 PERIOD: tuple[_Spec, ...] = (
     _Spec(
-        "cooling_low", "cooling_low_end", "heat_meter", "cooling_avg_c",
+        "cooling_low", "cooling_low_end", HEAT_METER, "cooling_avg_c",
         lambda v, p: v < p.cooling_min_c, lambda p: p.cooling_min_c, True,
     ),
     _Spec(
-        "return_temp_high", "return_temp_high_end", "heat_meter", "return_avg_c",
+        "return_temp_high", "return_temp_high_end", HEAT_METER, "return_avg_c",
         lambda v, p: v > p.return_max_c, lambda p: p.return_max_c, False,
     ),
 )  # fmt: skip
@@ -255,7 +256,7 @@ class Monitors:
             if spec.role != role:
                 continue
             v = values.get(spec.key)
-            if v is None or (role == "heat_meter" and status is not None and status != 0):
+            if v is None or (role == HEAT_METER and status is not None and status != 0):
                 continue
             out += self._feed(
                 device, (spec.kind, spec.end_kind), t, spec.bad(v, p), v,
@@ -265,7 +266,7 @@ class Monitors:
 
     def on_record(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
         """One closed interval record (contract section 5 body)."""
-        if rec.get("role") != "heat_meter":
+        if rec.get("role") != HEAT_METER:
             return []
         p = self.params
         device = str(rec.get("device", ""))

@@ -41,6 +41,7 @@ from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
 from agent.plausibility import Plausibility
 from agent.poll import driver_spec
+from agent.protocol import ACTUATOR, HEAT_METER
 from agent.remote import apply_overlay
 from agent.runner_channel import Channel, record_params, to_sample
 from agent.runner_limiter import LimiterMixin, limiter_params
@@ -223,9 +224,9 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
             dev.offline_after_s = max(dev.offline_after_s, OFFLINE_AFTER * d.poll_s)
             self.channels[d.name] = ch
             await self.load_channel(ch)
-            if d.role == "actuator" and d.name == cfg.limiter.actuator and isinstance(dev, Device):
+            if d.role == ACTUATOR and d.name == cfg.limiter.actuator and isinstance(dev, Device):
                 self.actuator, self.actuator_ch = dev, ch
-            if d.role == "heat_meter" and self.meter is None:
+            if d.role == HEAT_METER and self.meter is None:
                 self.meter = ch
                 if isinstance(dev, Device):  # M-Bus: the limiter's default resolutions
                     regs = dev.spec.profile.registers

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from agent import aggregator as agg
 from agent.config import Config
+from agent.protocol import HEAT_METER
 from drivers.device import AnyDevice
 from drivers.types import Reading
 
@@ -33,7 +34,7 @@ class Channel:
 def record_params(
     cfg: Config, name: str, role: str, rollover: Mapping[str, float], poll_s: float = 1.0
 ) -> agg.RecordParams:
-    heat = role == "heat_meter"
+    heat = role == HEAT_METER
     return agg.RecordParams(
         gap_s=max(10.0, 1.5 * poll_s),  # a slow meter (M-Bus, 10-60 s): a poll apart is no gap
         device=name,

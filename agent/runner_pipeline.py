@@ -21,6 +21,7 @@ from agent.logs import RateLimiter
 from agent.meters import MeterWatch, disk_flags
 from agent.monitors import Monitors
 from agent.plausibility import Plausibility
+from agent.protocol import HEAT_METER
 from agent.runner_channel import Channel, to_sample
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
@@ -102,7 +103,7 @@ class PipelineMixin:
         for ev in self.meters.observe(name, r, getattr(ch.device, "stored", None)):
             await self.emit_event(ev)
 
-        if role == "heat_meter" and r.ok:  # plausibility sees raw values (faults are evidence)
+        if role == HEAT_METER and r.ok:  # plausibility sees raw values (faults are evidence)
             raw = {k: v.value for k, v in r.values.items()}
             bad = [k for k, v in r.values.items() if not v.good]
             for ev in self.plausibility.observe(name, r.ts, raw, bad, ch.params.rollover):
@@ -129,7 +130,7 @@ class PipelineMixin:
             t = stamped[-1][1] if stamped else None  # on the record time line
             await self.emit_event({"kind": "clock_step", "step_s": step, "action": action, "t": t})
         for rr, ts, flags in stamped:
-            if self.limiting and role == "heat_meter":
+            if self.limiting and role == HEAT_METER:
                 flags = flags | {"limited"}
             s = to_sample(rr, ts, flags | self.meters.sample_flags(name, rr.meter_id))
             ch.pending.append(s)

@@ -45,6 +45,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.protocol import ROLES
 from drivers.types import Quality, Value
 
 RegType = Literal["u16", "s16", "u32", "s32", "f32"]
@@ -52,7 +53,6 @@ Function = Literal["holding", "input"]
 WordOrder = Literal["big", "little"]
 
 REG_TYPES: dict[str, int] = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2}
-ROLES = ("heat_meter", "dp_sensor", "actuator")
 MAX_READ_REGISTERS = 125  # Modbus limit for FC3/FC4
 
 

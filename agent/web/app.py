@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from agent import advice, snapshot
 from agent.config import Config
+from agent.protocol import HEAT_METER
 from agent.web import charts, pages
 from agent.web.data import StoreReader
 from agent.web.http import HttpError, Request, Response, error_response
@@ -142,7 +143,7 @@ class WebApp:
         return plots, t0, t1, count
 
     def _advice_data(self) -> tuple[dict[str, Any] | None, str | None]:
-        meter = next((d.name for d in self.cfg.devices if d.role == "heat_meter"), None)
+        meter = next((d.name for d in self.cfg.devices if d.role == HEAT_METER), None)
         if meter is None:
             return None, None
         now = self.clock()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agent.protocol import DP_SENSOR, HEAT_METER
 from agent.timefmt import parse_time
 from agent.web.svg import Plot, RefLine, Series, Span, downsample
 
@@ -74,7 +75,7 @@ def device_plots(
     def ser(key: str, label: str, css: str) -> Series:
         return Series(key, label, _points(recs, key, t0, t1), css)
 
-    if role == "heat_meter":
+    if role == HEAT_METER:
         return [
             plot("flow", "m3/h",
                  [ser("flow_avg_m3h", "average flow", "s0"), ser("flow_max_m3h", "largest", "s1")],
@@ -87,7 +88,7 @@ def device_plots(
                  _ref("supply min", delivery.get("supply_min_c"), "ref supply")
                  + _ref("return max", delivery.get("return_max_c"), "ref return")),
         ]  # fmt: skip
-    if role == "dp_sensor":
+    if role == DP_SENSOR:
         return [
             plot("pressure difference", "kPa",
                  [ser("dp_min_kpa", "lowest", "s0"), ser("dp_avg_kpa", "average", "s1")],
