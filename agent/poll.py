@@ -7,55 +7,13 @@ import json
 import math
 from typing import Any, TextIO
 
-from agent.config import Config, DeviceCfg
+from agent.config import Config
+from agent.devices import driver_spec
 from drivers.clock_sys import SystemClock
-from drivers.device import AnyDevice, DevicePool, DeviceSpec
-from drivers.mbus_device import MbusDevice, MbusSpec
-from drivers.profile import Profile, Register, load_profile
+from drivers.device import AnyDevice, DevicePool
+from drivers.mbus_device import MbusDevice
+from drivers.profile import Profile, Register
 from drivers.types import Clock, Reading
-
-
-def device_spec(d: DeviceCfg) -> DeviceSpec:
-    """The driver's view of one configured Modbus device."""
-    if d.transport == "mbus":
-        raise ValueError(f"{d.name}: an M-Bus device (driver_spec)")
-    return _modbus_spec(d)
-
-
-def driver_spec(d: DeviceCfg) -> DeviceSpec | MbusSpec:
-    """The driver's view of one configured device, Modbus or wired M-Bus."""
-    if d.transport == "mbus":
-        return MbusSpec(
-            name=d.name,
-            role=d.role,
-            port=str(d.port),
-            baudrate=d.baudrate,
-            address=d.address,
-            secondary=d.secondary,
-            profile=d.profile,
-            timeout_s=d.timeout_s,
-            retries=d.retries,
-        )
-    return _modbus_spec(d)
-
-
-def _modbus_spec(d: DeviceCfg) -> DeviceSpec:
-    return DeviceSpec(
-        name=d.name,
-        role=d.role,
-        profile=load_profile(d.profile),
-        transport="tcp" if d.transport == "tcp" else "rtu",
-        host=d.host,
-        port=d.port,
-        unit=d.unit,
-        timeout_s=d.timeout_s,
-        retries=d.retries,
-        baudrate=d.baudrate,
-        parity=d.parity,
-        stopbits=d.stopbits,
-        rs485=d.rs485,
-    )
-
 
 F32_DIGITS = 7  # significant decimal digits a 32-bit float carries
 

@@ -31,6 +31,7 @@ from agent.clock import SyncClock
 from agent.commands import RemoteHandler
 from agent.config import Config
 from agent.degraded import GuardedOutbox, StorageGuard
+from agent.devices import driver_spec
 from agent.events import event_body
 from agent.jws import Signer, envelope
 from agent.keys import load_private
@@ -40,7 +41,6 @@ from agent.meters import MeterWatch
 from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
 from agent.plausibility import Plausibility
-from agent.poll import driver_spec
 from agent.protocol import ACTUATOR, HEAT_METER
 from agent.remote import apply_overlay
 from agent.runner_channel import Channel, record_params, to_sample

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, parse_text
-from agent.poll import driver_spec
+from agent.devices import driver_spec
 from drivers.mbus_device import MbusSpec
 
 HEAD = """
