@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any
 
 import aiomqtt
 
+from agent.broker import free_port, mosquitto_binary, spawn_mosquitto
 from agent.config import load
 from agent.jws import JWSError, chain_hash, thumbprint, verify
 from agent.keys import keygen, load_public
@@ -38,12 +38,6 @@ SITE = "demo-site"
 PREFIX = "dh/v1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Broker:
     """Mosquitto on a free loopback port when installed, else embedded amqtt."""
 
@@ -55,14 +49,11 @@ class Broker:
         self.kind = ""
 
     async def start(self) -> None:
-        exe = shutil.which("mosquitto") or (
-            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-        )
+        exe = mosquitto_binary()
         if exe:
             conf = self.work / "mosquitto.conf"
             conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
-            log = (self.work / "mosquitto.log").open("ab")
-            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
+            self.proc = spawn_mosquitto(exe, conf, self.work / "mosquitto.log")
             self.kind = "mosquitto"
         else:
             from amqtt.broker import Broker as AmqttBroker

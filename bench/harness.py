@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,31 +14,21 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from agent.broker import free_port as free_port  # re-exported
+from agent.broker import listening, mosquitto_binary, spawn_mosquitto
 from simulator.layout import devices_toml
 
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_port(port: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on port {port}")
+    if not listening(port, time.monotonic() + timeout):
+        raise RuntimeError(f"nothing listens on port {port}")
 
 
 def mosquitto_exe() -> str:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
+    exe = mosquitto_binary()
+    if exe is None:
         raise SystemExit("mosquitto is not installed (bash tests/bootstrap.sh installs it)")
     return exe
 
@@ -53,13 +42,11 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n" + keep
         )
-        self.log = (work / "mosquitto.log").open("ab")
+        self.log_path = work / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [mosquitto_exe(), "-c", str(self.conf)], stdout=self.log, stderr=self.log
-        )
+        self.proc = spawn_mosquitto(mosquitto_exe(), self.conf, self.log_path)
         wait_port(self.port)
 
     def stop(self) -> None:

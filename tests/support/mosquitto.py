@@ -18,14 +18,12 @@ registers them.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -38,17 +36,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.broker import listening, spawn_mosquitto
+from agent.broker import mosquitto_binary as mosquitto_binary  # re-exported
 from tests.support.net import free_port as free_port  # re-exported
-
-CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-
-
-def mosquitto_binary() -> str | None:
-    for c in CANDIDATES:
-        if os.access(c, os.X_OK):
-            return c
-    return shutil.which("mosquitto")
-
 
 # --- test PKI -------------------------------------------------------------------------
 
@@ -264,28 +254,12 @@ class Mosquitto:
             pw.chmod(0o600)
         return ["allow_anonymous false", f"password_file {pw}"]
 
-    def _wait_listening(self, port: int, deadline: float) -> bool:
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                return False
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return True
-            time.sleep(0.02)
-        return False
-
     def _spawn(self) -> bool:
         self._write_config()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(self.binary), "-c", str(self.conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.proc = spawn_mosquitto(str(self.binary), self.conf, self.log_path, new_session=True)
         deadline = time.monotonic() + 10
         ports = [self.port] + ([self.tls_port] if self.pki is not None else [])
-        return all(self._wait_listening(p, deadline) for p in ports)
+        return all(listening(p, deadline, self.proc) for p in ports)
 
     def start(self) -> None:
         """Start on fresh free ports (a few tries, in case another process takes one)."""

@@ -2,11 +2,4 @@
 
 from __future__ import annotations
 
-import socket
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from agent.broker import free_port as free_port  # re-exported: one implementation
