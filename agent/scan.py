@@ -23,10 +23,10 @@ import sys
 from collections.abc import Callable
 from typing import Any, Literal, TextIO
 
+from drivers.errors import ConnectError, TransportError
 from drivers.mbus_app import MbusDecodeError, Telegram, decode_user_data
 from drivers.mbus_frame import ADDR_SELECTED, Ack, Frame, req_ud2, select_secondary, snd_nke
 from drivers.mbus_master import MbusLine, MbusTimeout, reply_timeout_s
-from drivers.modbus import ConnectError, TransportError
 
 Probe = Literal["none", "one", "collision"]
 Found = Callable[[dict[str, Any]], None]

@@ -42,14 +42,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar, Union, overload
 
-from drivers.modbus import (
-    Bus,
-    DriverError,
-    ExceptionResponse,
-    RtuBus,
-    TcpBus,
-    TransportError,
-)
+from drivers.errors import DriverError, TransportError
+from drivers.modbus import Bus, ExceptionResponse, RtuBus, TcpBus
 from drivers.profile import Profile, ReadBlock, decode_block, encode, plan_reads
 from drivers.types import Clock, Health, Quality, Reading, Value
 

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.device import OFFLINE_AFTER, OFFLINE_AFTER_S, HealthState, next_health
+from drivers.errors import DriverError, TransportError
 from drivers.mbus_app import MbusApplicationError, MbusDecodeError, Telegram, decode_user_data
 from drivers.mbus_frame import Frame
 from drivers.mbus_map import MbusProfile, identity, load_mbus_profile, map_values, stored_values
 from drivers.mbus_master import COUNTER_NAMES, MbusLine, MbusSlave
-from drivers.modbus import DriverError, TransportError
 from drivers.types import Clock, Health, Quality, Reading, Value
 
 log = logging.getLogger(__name__)

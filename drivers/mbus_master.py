@@ -31,11 +31,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import termios
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from drivers.errors import ConnectError, TransportError
 from drivers.mbus_frame import (
     ADDR_SELECTED,
     Ack,
@@ -47,7 +47,7 @@ from drivers.mbus_frame import (
     select_secondary,
     snd_nke,
 )
-from drivers.modbus import ConnectError, TransportError
+from drivers.serial_port import SerialPort
 
 log = logging.getLogger(__name__)
 
@@ -93,23 +93,17 @@ class GarbledReply(MbusBadFrame):
 # --- the line -----------------------------------------------------------------------------
 
 
-class MbusLine:
+class MbusLine(SerialPort):
     """One M-Bus line on a serial port (8E1); see the module doc."""
 
     def __init__(self, path: str, baudrate: int = 2400, trace: TraceFn | None = None) -> None:
+        super().__init__(path, BITS_PER_CHAR / baudrate)
         self.lock = asyncio.Lock()
-        self.path = path
         self.baudrate = baudrate
         self.trace = trace  # ("tx"|"rx", bytes, monotonic): diagnostics, tests, bench
-        self.char_s = BITS_PER_CHAR / baudrate
         self.garbage_bytes = 0  # bytes skipped while resynchronising
-        self.stale_bytes = 0  # bytes that arrived outside an exchange
         self.selected: str | None = None  # the secondary address selected last on this line
-        self.tx_bytes = 0
         self.rx_bytes = 0
-        self._serial: Any = None
-        self._fd = -1
-        self._last_activity = 0.0
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -135,46 +129,9 @@ class MbusLine:
         ser.open()
         return ser
 
-    async def _ensure_open(self) -> None:
-        if self._serial is not None:
-            return
-        try:
-            ser = await asyncio.to_thread(self._open_sync)
-        except (OSError, ValueError, termios.error) as e:  # SerialException is an OSError
-            raise ConnectError(f"cannot open {self.path}: {e}") from e
-        self._serial = ser
-        self._fd = ser.fileno()
-        os.set_blocking(self._fd, False)
-        self._last_activity = time.monotonic()
-
     def _drop(self) -> None:
-        ser, self._serial, self._fd = self._serial, None, -1
         self.selected = None
-        if ser is not None:
-            with contextlib.suppress(Exception):
-                ser.close()
-
-    def _drain(self) -> None:
-        """Discard bytes that arrived outside an exchange (late answers, noise)."""
-        while True:
-            try:
-                data = os.read(self._fd, 4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            if not data:
-                return
-            self.stale_bytes += len(data)
-
-    async def _send(self, frame: bytes) -> None:
-        view = memoryview(frame)
-        while view:
-            try:
-                sent = os.write(self._fd, view)
-            except (BlockingIOError, InterruptedError):
-                await asyncio.sleep(self.char_s)
-                continue
-            view = view[sent:]
-        self.tx_bytes += len(frame)
+        super()._drop()
 
     def _scan(self, buf: bytearray) -> int | None:
         """Skip bytes that cannot start a frame; the length of the frame at buf[0]."""

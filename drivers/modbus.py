@@ -34,6 +34,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
+from drivers.errors import ConnectError, TransportError
+from drivers.serial_port import SerialPort
+
 if TYPE_CHECKING:  # pymodbus is imported by the first TcpBus: RTU-only gateways never load it
     from pymodbus.client import AsyncModbusTcpClient
 
@@ -62,17 +65,6 @@ EXCEPTION_NAMES = {
 # --- errors ----------------------------------------------------------------------------
 
 
-class DriverError(Exception):
-    """A device could not be read or written (after the driver's retries)."""
-
-
-class TransportError(DriverError):
-    """One failed Modbus request; ``kind`` is the device counter it is counted under."""
-
-    kind = "bad_frames"
-    retryable = True
-
-
 class ModbusTimeout(TransportError):
     kind = "timeouts"
 
@@ -86,10 +78,6 @@ class FrameError(TransportError):
     (other unit, other function, wrong length), or a frame cut short."""
 
     kind = "bad_frames"
-
-
-class ConnectError(TransportError):
-    kind = "connect_errors"
 
 
 class ExceptionResponse(TransportError):
@@ -222,7 +210,7 @@ class Bus(ABC):
 TraceFn = Callable[[str, bytes, float], None]
 
 
-class RtuBus(Bus):
+class RtuBus(SerialPort, Bus):
     """Modbus RTU master on a serial port (pyserial), see the module doc."""
 
     def __init__(
@@ -234,21 +222,16 @@ class RtuBus(Bus):
         rs485: bool = False,
         trace: TraceFn | None = None,
     ) -> None:
-        super().__init__()
-        self.path = path
+        bits = 1 + 8 + (0 if parity == "N" else 1) + stopbits
+        Bus.__init__(self)
+        SerialPort.__init__(self, path, bits / baudrate)
         self.baudrate = baudrate
         self.parity = parity
         self.stopbits = stopbits
         self.rs485 = rs485
         self.trace = trace  # ("tx"|"rx", bytes, monotonic) for diagnostics and tests
-        bits = 1 + 8 + (0 if parity == "N" else 1) + stopbits
-        self.char_s = bits / baudrate
         # 3.5 character times; fixed 1.75 ms above 19200 baud (Modbus over serial line 2.5.1.1)
         self.silence_s = 3.5 * self.char_s if baudrate <= 19200 else 0.00175
-        self.stale_bytes = 0
-        self._serial: Any = None
-        self._fd = -1
-        self._last_activity = 0.0
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -276,36 +259,6 @@ class RtuBus(Bus):
             )
         ser.open()
         return ser
-
-    async def _ensure_open(self) -> None:
-        if self._serial is not None:
-            return
-        try:
-            ser = await asyncio.to_thread(self._open_sync)
-        except (OSError, ValueError) as e:  # pyserial: SerialException is an OSError
-            raise ConnectError(f"cannot open {self.path}: {e}") from e
-        self._serial = ser
-        self._fd = ser.fileno()
-        os.set_blocking(self._fd, False)
-        self._last_activity = time.monotonic()
-
-    def _drop(self) -> None:
-        ser, self._serial, self._fd = self._serial, None, -1
-        if ser is not None:
-            with contextlib.suppress(Exception):
-                ser.close()
-
-    def _drain(self) -> None:
-        """Discard bytes that arrived outside a transaction (late answers, noise)."""
-        while True:
-            try:
-                data = os.read(self._fd, 4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            if not data:
-                return
-            self.stale_bytes += len(data)
-            log.debug("%s: discarded %d stale bytes", self.path, len(data))
 
     async def _transact(self, unit: int, pdu: bytes, timeout: float) -> bytes:
         async with self.lock:
@@ -366,16 +319,6 @@ class RtuBus(Bus):
                 raise FrameError(f"incomplete answer ({len(buf)} of {n} bytes)")
             # bytes beyond the frame are left for _drain (counted as stale)
             return check_response(unit, pdu, bytes(buf[:n]))
-
-    async def _send(self, frame: bytes) -> None:
-        view = memoryview(frame)
-        while view:
-            try:
-                sent = os.write(self._fd, view)
-            except (BlockingIOError, InterruptedError):
-                await asyncio.sleep(self.char_s)
-                continue
-            view = view[sent:]
 
     async def read(
         self, unit: int, function: Function, address: int, count: int, timeout: float
