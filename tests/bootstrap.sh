@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian 12 machine for dh-agent development: the Debian packages the
-# demo and the tests need (python3-venv, mosquitto; installed only when missing), and the
+# demo needs (python3-venv, mosquitto) and, with DH_TEST_PACKAGES=1 (tests/run.sh), those
+# only the tests need (mbpoll, chromium); each installed only when missing; and the
 # project's virtual environment .venv with the package installed editable. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,9 +10,11 @@ need=()
 python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
-command -v mbpoll >/dev/null 2>&1 || need+=(mbpoll)  # independent Modbus client (customer tests)
-# headless Chromium renders the technician's page in tests/test_web_browser.py
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ "${DH_TEST_PACKAGES:-}" = "1" ]; then  # set by tests/run.sh: the demo needs neither
+    command -v mbpoll >/dev/null 2>&1 || need+=(mbpoll)  # independent Modbus client (customer tests)
+    # headless Chromium renders the technician's page in tests/test_web_browser.py
+    command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 if [ "${DH_SKIP_APT:-}" = "" ] && [ "${#need[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command (README, .ci/run): installs what it needs (python3-venv and
-# mosquitto via apt when missing, the venv), then ruff, mypy and pytest over the whole
-# tree. Extra arguments go to pytest.
+# The project's test command (README, .ci/run): installs what it needs (python3-venv,
+# mosquitto, mbpoll and chromium via apt when missing, the venv), then ruff, mypy and
+# pytest over the whole tree. Extra arguments go to pytest.
 #
 #   bash tests/run.sh           the full suite (README and CI run this)
 #   bash tests/run.sh --fast    lint, types, unit and property tests only: pytest -m
@@ -13,7 +13,7 @@ if [[ "${1:-}" == "--fast" ]]; then
     FAST=1
     shift
 fi
-bash tests/bootstrap.sh
+DH_TEST_PACKAGES=1 bash tests/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
 SRC=(agent drivers simulator bench tests)
 echo "== ruff"

@@ -95,7 +95,7 @@ def value_cells(dom: str, device: str) -> dict[str, tuple[str, str, str]]:
 
 
 @pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (tests/bootstrap.sh installs it)"
+    CHROMIUM is None, reason="chromium not installed (tests/run.sh installs it)"
 )
 @pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto not installed")
 def test_page_in_headless_chromium(tmp_path: Path) -> None:
