@@ -94,9 +94,7 @@ def value_cells(dom: str, device: str) -> dict[str, tuple[str, str, str]]:
     return {name: (q, num, unit) for name, q, num, unit in rows}
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (tests/run.sh installs it)"
-)
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (tests/run.sh installs it)")
 @pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto not installed")
 def test_page_in_headless_chromium(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path)
