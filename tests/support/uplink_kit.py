@@ -124,6 +124,7 @@ class Collector:
         self.ready = threading.Event()
         self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.c.on_connect = self._on_connect
+        self.c.on_subscribe = self._on_subscribe
         self.c.on_message = self._on_message
         self.c.reconnect_delay_set(1, 1)
         self.c.connect("127.0.0.1", port, keepalive=10)
@@ -132,6 +133,10 @@ class Collector:
 
     def _on_connect(self, c: paho.Client, *_: Any) -> None:
         c.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, c: paho.Client, *_: Any) -> None:
+        # ready once the broker has the subscription (SUBACK), not at CONNACK: a message
+        # published in between would never reach this collector
         self.ready.set()
 
     def _on_message(self, c: paho.Client, u: Any, m: paho.MQTTMessage) -> None:
