@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.counter_chain import Point, bracket_width, chain, reset_in, value_at
+from agent.counter_chain import Sample as Sample  # re-exported: the aggregator takes Samples
 from agent.counter_chain import step as step  # re-exported: part of this module's surface
 from agent.protocol import DP_SENSOR, HEAT_METER
 from agent.timefmt import rfc3339
@@ -62,16 +63,6 @@ COUNTER_FIELDS: dict[str, tuple[str, str, str]] = {
     "energy_kwh": ("energy_start_kwh", "energy_end_kwh", "energy_kwh"),
     "volume_m3": ("volume_start_m3", "volume_end_m3", "volume_m3"),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One reading on the record clock: ``ts`` (Unix s, synchronised), good values only."""
-
-    ts: float
-    values: Mapping[str, float]
-    flags: frozenset[str] = frozenset()
-    meter_id: str | None = None  # the meter's identity, when the device reports one
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,18 @@ zero), and the register interpolated at a period boundary. Pure."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from agent.aggregator import Sample
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading on the record clock: ``ts`` (Unix s, synchronised), good values only."""
+
+    ts: float
+    values: Mapping[str, float]
+    flags: frozenset[str] = frozenset()
+    meter_id: str | None = None  # the meter's identity, when the device reports one
 
 
 def step(prev: float, cur: float, rollover: float | None) -> tuple[float, str | None]:

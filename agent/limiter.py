@@ -68,56 +68,12 @@ from typing import Any
 
 from agent import limiter_law as law
 from agent.limiter_events import dur, ev, exceeded
-from agent.limiter_state import LimiterState, Override, Track
+from agent.limiter_state import LimiterParams, LimiterState, Override, Track
 
 __all__ = ["Action", "LimiterParams", "LimiterState", "MeterInput", "Override", "Track", "step"]
 
 FLOW_EPS_M3H = 1e-6
 POWER_EPS_KW = 1e-3
-
-
-@dataclass(frozen=True)
-class LimiterParams:
-    flow_limit_m3h: float | None
-    power_limit_kw: float | None
-    period_s: int
-    enforce: bool
-    refresh_s: float
-    # --- tuning (defaults measured with bench/limiter.py) ---
-    target: float = 0.99  # aim at this fraction of the allowance
-    inst_cap_factor: float = 1.25  # instantaneous cap, x limit
-    min_flow_factor: float = 0.5  # never aim below this x limit (heat keeps flowing)
-    horizon_s: float = 30.0  # the remaining budget is spread over at least this ...
-    horizon_frac: float = 0.1  # ... or this fraction of the period, whichever is smaller
-    gain: float = 0.7  # correction exponent per correction (1 = full correction)
-    deadband_pct: float = 0.3  # write only a change at least this large ...
-    min_write_interval_s: float = 2.0  # ... and at most this often
-    resolution_pct: float = 0.1  # the actuator register's step
-    min_pct: float = 1.0  # the law never closes the valve further
-    default_pct: float = 100.0  # released
-    engage_margin: float = 0.02  # engage when flow > q_allow x (1 + this)
-    release_hold_s: float = 30.0  # fully open and within the allowance this long: release
-    stale_s: float = 30.0  # fail-safe after this long without a good reading
-    max_flow_factor: float = 10.0  # a flow (or register rate) above this x limit is absurd
-    volume_slack_m3: float = 0.01  # register resolution allowance in the jump check
-    energy_slack_kwh: float = 1.0
-    volume_rollover_m3: float | None = None  # None: a backwards step is a reset
-    energy_rollover_kwh: float | None = None
-    exceed_tolerance: float = 0.0  # report a period over limit x (1 + this) ...
-    volume_resolution_m3: float = 0.001  # ... plus one register step of the meter
-    energy_resolution_kwh: float = 0.1
-    device: str | None = None  # names the meter in events
-    # --- the plant: actuator travel and valve model ---
-    stroke_s: float = 0.0  # actuator full-stroke time (travel model); 0 = instant
-    characteristic: str = "linear"  # or "equal-percentage"
-    rangeability: float = 50.0
-    meter_lag_s: float = 0.0  # wait this much beyond a meter refresh after the valve rests
-    position_tol_pct: float = 1.0  # reported position this close to the command: at rest
-    # --- return-temperature limitation ---
-    return_max_c: float | None = None  # None: off
-    return_gain: float = 0.05  # per K over the limit, per correction
-    return_hold_s: float = 60.0  # above (engage) / below limit - hyst (release) this long
-    return_hyst_c: float = 2.0
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent.limiter_state import LimiterState, Track
-
-if TYPE_CHECKING:
-    from agent.limiter import LimiterParams
+from agent.limiter_state import LimiterParams, LimiterState, Track
 
 
 @dataclass(frozen=True)

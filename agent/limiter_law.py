@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from agent.limiter_events import Closed
-from agent.limiter_state import LimiterState, Track
-
-if TYPE_CHECKING:
-    from agent.limiter import LimiterParams
+from agent.limiter_state import LimiterParams, LimiterState, Track
 
 RATIO_MAX = 4.0
 
