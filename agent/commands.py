@@ -1,29 +1,64 @@
 """The I/O around remote configuration and commands: runs the pure decisions of
 ``agent.remote`` against the live agent, persists what was accepted, answers every
-message with a signed ack."""
+message with a signed ack.
+
+The handler sees the agent only through ``RemoteHost``: the few things a remote message
+may read or change. ``agent.runner.Agent`` is one; a test can pass another.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import limiter_override
-from agent.config import remote_view
-from agent.jws import thumbprint
+from agent.config import Config, remote_view
+from agent.degraded import StorageGuard
+from agent.jws import Signer, thumbprint
 from agent.keys import load_public
+from agent.limiter_state import LimiterState, Override
 from agent.remote import CMD_WINDOW_S, decide_cmd, decide_config, persist_overlay
 from agent.rotation import Rotation
 from agent.store import Store
-
-if TYPE_CHECKING:
-    from agent.runner import Agent
+from agent.uplink import Uplink
+from drivers.types import Clock
 
 log = logging.getLogger("dh.remote")
+T = TypeVar("T")
+
+
+class RemoteHost(Protocol):
+    """What remote configuration and commands may see and do of the running agent."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def topic(self) -> str: ...  # the site's topic base
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def store(self) -> Store | None: ...  # None until opened (and while degraded)
+    @property
+    def storage(self) -> StorageGuard: ...
+    @property
+    def uplink(self) -> Uplink | None: ...
+    @property
+    def signer(self) -> Signer: ...
+    @property
+    def lstate(self) -> LimiterState: ...
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T: ...  # on the store thread
+    async def emit_event(self, ev: dict[str, Any]) -> None: ...
+    def apply_config(self, cfg: Config) -> None: ...
+    def set_signer(self, signer: Signer) -> None: ...
+    def poll_all_now(self) -> None: ...
+    async def start_override(self, o: Override) -> None: ...  # persisted when it returns
 
 
 def load_operator_keys(paths: tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
@@ -39,7 +74,7 @@ def load_operator_keys(paths: tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
 
 
 class RemoteHandler:
-    def __init__(self, agent: Agent, version: int) -> None:
+    def __init__(self, agent: RemoteHost, version: int) -> None:
         self.agent = agent
         self.version = version  # the last applied remote version (stale floor)
         self.conflict = ""  # why the stored overlay no longer applies ("" when it does)
@@ -143,8 +178,7 @@ class RemoteHandler:
         a = self.agent
         name = c["cmd"]
         if name == "poll_now":
-            for ch in a.channels.values():
-                ch.poll_now.set()
+            a.poll_all_now()
             return {}
         if name == "resend":
             assert a.store is not None
@@ -168,8 +202,7 @@ class RemoteHandler:
             why = limiter_override.admit(o, lim.flow_limit_m3h, lim.power_limit_kw)
         if o is None or why:
             return {"result": "rejected", "reason": why}
-        a.lstate = limiter_override.start(a.lstate, o)
-        await a.save_limiter()
+        await a.start_override(o)
         view = limiter_override.view(o, a.clock.wall())
         await a.emit_event({"kind": "limit_override_start", "source": "limiter", **(view or {})})
         await self.publish_current()

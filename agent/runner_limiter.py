@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from agent import limiter_store
+from agent import limiter_override, limiter_store
 from agent.config import Config
-from agent.limiter import LimiterParams, LimiterState, MeterInput
+from agent.limiter import LimiterParams, LimiterState, MeterInput, Override
 from agent.limiter import step as limiter_step
 from agent.logs import RateLimiter
 from drivers.device import Device
@@ -109,6 +109,11 @@ class LimiterMixin:
         """The limiter's state to the store (a small meta row): at a period close of its
         meter, with every sample flush, and when an override starts or ends."""
         await self.storage.run("limiter state", limiter_store.save, self.lstate)
+
+    async def start_override(self, o: Override) -> None:
+        """A timed lower limit (``limit_override``) in force, durable when this returns."""
+        self.lstate = limiter_override.start(self.lstate, o)
+        await self.save_limiter()
 
     async def write_limit(self, pct: float) -> None:
         assert self.actuator is not None

@@ -58,6 +58,7 @@ class PipelineMixin:
     actuator: Device | None
     limiting: bool
     release_pending: bool
+    channels: dict[str, Channel]
 
     if TYPE_CHECKING:
 
@@ -92,6 +93,11 @@ class PipelineMixin:
             ch.poll_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ch.poll_now.wait(), max(0.0, delay))
+
+    def poll_all_now(self) -> None:
+        """Every device polled at once (the ``poll_now`` command)."""
+        for ch in self.channels.values():
+            ch.poll_now.set()
 
     async def on_reading(self, ch: Channel, r: Reading) -> None:
         ch.last = r

@@ -19,7 +19,7 @@ from agent.uplink_drain import Refusal, refusal_event_of
 if TYPE_CHECKING:
     from agent.commands import RemoteHandler
     from agent.config import Config
-    from agent.runner import Channel
+    from agent.runner_channel import Channel
     from agent.uplink import Outgoing, Uplink
     from drivers.types import Clock
 
