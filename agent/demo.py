@@ -26,10 +26,11 @@ import aiomqtt
 
 from agent.broker import free_port, mosquitto_binary, spawn_mosquitto
 from agent.config import load
-from agent.jws import JWSError, chain_hash, thumbprint, verify
+from agent.jws import thumbprint
 from agent.keys import keygen, load_public
 from agent.protocol import DP_SENSOR, HEAT_METER
 from agent.runner import Agent
+from agent.verify import Checker
 from agent.web.serve import start_page, stop_page
 from simulator.layout import devices_toml
 from simulator.server import SimServer
@@ -105,11 +106,12 @@ def write_config(work: Path, sim_addr: tuple[str, int], mqtt_port: int, period_s
 
 
 class HeadEnd:
-    """Subscribes to the site and verifies every message (signature, seq, chain)."""
+    """Subscribes to the site and checks every message with ``dh-agent verify``'s checker
+    (signature, envelope, site, stream, sequence and chain)."""
 
     def __init__(self, port: int, pub_path: Path, plain: bool) -> None:
         pub = load_public(pub_path)
-        self.keys = {thumbprint(pub): pub}
+        self.checker = Checker(SITE, {thumbprint(pub): pub}, PREFIX)
         self.port = port
         self.plain = plain
         self.records: deque[dict[str, Any]] = deque(maxlen=6)
@@ -117,7 +119,6 @@ class HeadEnd:
         self.ok = 0
         self.bad = 0
         self.verified_intervals = 0
-        self.last: dict[str, tuple[int, str]] = {}  # stream -> (seq, hash)
         self.lines: deque[str] = deque(maxlen=8)
 
     def note(self, line: str) -> None:
@@ -125,45 +126,21 @@ class HeadEnd:
         if self.plain:
             print(line, flush=True)
 
-    def check(self, topic: str, payload: bytes) -> None:
-        stream = topic.split("/", 3)[-1]
-        try:
-            env = verify(payload.decode("ascii"), self.keys)
-        except (JWSError, UnicodeDecodeError) as e:
+    def check(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        res = self.checker.check(topic, payload, retained)
+        if not res["ok"]:
             self.bad += 1
-            self.note(f"REJECTED {stream}: {e}")
+            self.note(f"REJECTED {topic.split('/', 3)[-1]}: {res['reason']}")
             return
-        s = env.get("stream", "")
-        seq, prev = env.get("seq"), env.get("prev")
-        why = ""
-        if s in ("interval", "event") and isinstance(seq, int):
-            last = self.last.get(s)
-            if last is not None and seq == last[0] + 1 and prev != last[1]:
-                why = " (chain broken!)"
-            self.last[s] = (seq, chain_hash(payload.decode("ascii")))
         self.ok += 1
-        body = env.get("body", {})
+        s, seq, body = res["stream"], res["seq"], self.checker.last_body
+        why = "" if res["reason"] == "ok" else f" ({res['reason']})"
+        if not isinstance(body, dict):
+            return
         if s == "interval":
             self.verified_intervals += 1
             self.records.append(body)
-            if body.get("role") == HEAT_METER:
-                self.note(
-                    f"verified interval #{seq} {body.get('device')} {body.get('start')} "
-                    f"energy {body.get('energy_kwh')} kWh volume {body.get('volume_m3')} m3 "
-                    f"flow_avg {body.get('flow_avg_m3h')} m3/h flags {body.get('flags')}{why}"
-                )
-            elif body.get("role") == DP_SENSOR:
-                self.note(
-                    f"verified interval #{seq} {body.get('device')} {body.get('start')} "
-                    f"dp min/avg/max {body.get('dp_min_kpa')}/{body.get('dp_avg_kpa')}/"
-                    f"{body.get('dp_max_kpa')} kPa{why}"
-                )
-            else:
-                self.note(
-                    f"verified interval #{seq} {body.get('device')} {body.get('start')} "
-                    f"valve position avg {body.get('position_avg_pct')} %, "
-                    f"limit min {body.get('limit_min_pct')} %{why}"
-                )
+            self.note(f"verified interval #{seq} {interval_line(body)}{why}")
         elif s == "event":
             self.events.append(body)
             self.note(f"verified event #{seq} {body.get('kind')} {body.get('device', '')}{why}")
@@ -177,9 +154,28 @@ class HeadEnd:
                     await c.subscribe(f"{PREFIX}/{SITE}/#", qos=1)
                     async for m in c.messages:
                         if isinstance(m.payload, bytes):
-                            self.check(str(m.topic), m.payload)
+                            self.check(str(m.topic), m.payload, bool(m.retain))
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.5)
+
+
+def interval_line(b: dict[str, Any]) -> str:
+    """One interval record in a line, by its role."""
+    head = f"{b.get('device')} {b.get('start')}"
+    if b.get("role") == HEAT_METER:
+        return (
+            f"{head} energy {b.get('energy_kwh')} kWh volume {b.get('volume_m3')} m3 "
+            f"flow_avg {b.get('flow_avg_m3h')} m3/h flags {b.get('flags')}"
+        )
+    if b.get("role") == DP_SENSOR:
+        return (
+            f"{head} dp min/avg/max {b.get('dp_min_kpa')}/{b.get('dp_avg_kpa')}/"
+            f"{b.get('dp_max_kpa')} kPa"
+        )
+    return (
+        f"{head} valve position avg {b.get('position_avg_pct')} %, "
+        f"limit min {b.get('limit_min_pct')} %"
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -188,7 +184,9 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
-def render(agent: Agent, head: HeadEnd, broker: str, t0: float) -> Any:
+def render(snap: dict[str, Any], head: HeadEnd, broker: str, t0: float) -> Any:
+    """The terminal view: live values from the agent's snapshot (the same one telemetry
+    and the technician's page show), records and events as verified from the broker."""
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -196,20 +194,17 @@ def render(agent: Agent, head: HeadEnd, broker: str, t0: float) -> Any:
     live = Table(title="current readings", expand=True)
     for col in ("device", "health", "value", "unit", "quality"):
         live.add_column(col)
-    for name, ch in agent.channels.items():
-        r = ch.last
-        if r is None:
-            continue
+    for name, d in snap["devices"].items():
         first = True
-        for k, v in r.values.items():
+        for k, v in d["values"].items():
             if k in ("device_type", "serial", "operating_hours", "energy_unit", "volume_unit"):
                 continue
             live.add_row(
                 name if first else "",
-                str(ch.device.health) if first else "",
-                f"{k} {_fmt(v.value)}",
-                v.unit,
-                str(v.quality),
+                str(d["health"]) if first else "",
+                f"{k} {_fmt(v['value'])}",
+                v["unit"],
+                str(v["quality"]),
             )
             first = False
     rec = Table(title="last interval records (verified from the broker)", expand=True)
@@ -232,11 +227,11 @@ def render(agent: Agent, head: HeadEnd, broker: str, t0: float) -> Any:
     for e in list(head.events)[-6:]:
         detail = {k: v for k, v in e.items() if k in ("device", "value", "threshold", "duration_s")}
         ev.add_row(str(e.get("time", ""))[11:19], str(e.get("kind")), json.dumps(detail))
-    lim = agent.lparams
+    limiting = bool((snap.get("limiter") or {}).get("limiting"))
     head_line = (
         f"dh-agent demo  |  up {time.monotonic() - t0:.0f} s  |  broker {broker}  |  "
-        f"period {agent.cfg.site.period_s} s  |  limit {lim.flow_limit_m3h} m3/h  |  "
-        f"limiter {'LIMITING' if agent.limiting else 'idle'}  |  "
+        f"period {snap['period_s']} s  |  limit {snap['contract']['flow_limit_m3h']} m3/h  |  "
+        f"limiter {'LIMITING' if limiting else 'idle'}  |  "
         f"messages verified {head.ok}, rejected {head.bad}  |  Ctrl-C stops"
     )
     return Group(Panel(head_line), live, rec, ev)
@@ -277,10 +272,12 @@ async def demo_main(args: argparse.Namespace) -> int:
                 else:
                     from rich.live import Live
 
-                    with Live(render(agent, head, broker.kind, t0), refresh_per_second=2) as lv:
+                    with Live(
+                        render(agent.snapshot(), head, broker.kind, t0), refresh_per_second=2
+                    ) as lv:
                         while not stop.is_set() and not at.done() and not agent.stopping.is_set():
                             await asyncio.sleep(0.5)
-                            lv.update(render(agent, head, broker.kind, t0))
+                            lv.update(render(agent.snapshot(), head, broker.kind, t0))
                 agent.stopping.set()
                 await at
                 await asyncio.sleep(0.5)  # let the offline status come back

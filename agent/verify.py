@@ -86,6 +86,7 @@ class Checker:
         self.base = f"{topic_prefix}/{site}/"
         self.streams: dict[str, StreamState] = {}
         self.counts = {"ok": 0, "bad": 0}
+        self.last_body: Any = None  # the body of the last message checked, once verified
 
     def check(self, topic: str, payload: bytes, retained: bool = False) -> dict[str, Any]:
         res: dict[str, Any] = {
@@ -98,6 +99,7 @@ class Checker:
             "ts": None,
             "retained": retained,
         }
+        self.last_body = None
         res["reason"] = self._check(topic, payload, res)
         res["ok"] = res["reason"].split(":")[0] not in _BAD
         self.counts["ok" if res["ok"] else "bad"] += 1
@@ -120,6 +122,7 @@ class Checker:
         except JWSError as e:
             return str(e)
         stream, seq = env.get("stream"), env.get("seq")
+        self.last_body = env.get("body")
         res["stream"] = stream if isinstance(stream, str) else None
         res["seq"] = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
         res["ts"] = env.get("ts") if isinstance(env.get("ts"), str) else None
