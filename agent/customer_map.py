@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.finite import number
 from agent.protocol import DP_SENSOR, HEAT_METER
 from agent.timefmt import parse_time
 
@@ -70,10 +71,6 @@ def u32(v: float | None) -> list[int]:
     return [n >> 16, n & 0xFFFF]
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
 def _first(snap: Mapping[str, Any], role: str) -> tuple[str | None, Mapping[str, Any]]:
     for name, d in (snap.get("devices") or {}).items():
         if isinstance(d, dict) and d.get("role") == role:
@@ -86,10 +83,10 @@ def _record(
 ) -> list[int]:
     """The 4 registers of one live value."""
     vals = dev.get("values") or {}
-    ts = _num(dev.get("ts"))
+    ts = number(dev.get("ts"))
     if name == "cooling_c":
         s, r = vals.get("supply_c") or {}, vals.get("return_c") or {}
-        sv, rv = _num(s.get("value")), _num(r.get("value"))
+        sv, rv = number(s.get("value")), number(r.get("value"))
         entry: dict[str, Any] = {}
         if sv is not None and rv is not None:
             qs = max(
@@ -98,7 +95,7 @@ def _record(
             entry = {"value": sv - rv, "q": qs}
     else:
         e = vals.get(name) or {}
-        v = _num(e.get("value"))
+        v = number(e.get("value"))
         entry = (
             {"value": v, "q": QUALITY.get(str(e.get("quality")), FAULT)} if v is not None else {}
         )
@@ -130,7 +127,7 @@ def build_image(
         for i, w in enumerate(words):
             img[addr + i] = w & 0xFFFF
 
-    written = _num(snap.get("written"))
+    written = number(snap.get("written"))
     age = now - written if written is not None else None
     hm_name, hm = _first(snap, HEAT_METER)
     dp_name, dp = _first(snap, DP_SENSOR)
@@ -157,13 +154,13 @@ def _limiter(snap: Mapping[str, Any], put: Any) -> None:
     con = snap.get("contract") or {}
     flags = [1 if lim.get(k) else 0 for k in ("active", "enforce", "limiting", "failsafe")]
     put(LIMITER_BASE, flags)
-    put(LIMITER_BASE + 4, f32(_num(con.get("flow_limit_m3h"))))
-    put(LIMITER_BASE + 6, f32(_num(con.get("power_limit_kw"))))
-    put(LIMITER_BASE + 8, f32(_num(lim.get("last_write_pct"))))
-    put(LIMITER_BASE + 10, f32(_num(lim.get("allowed_flow_m3h"))))
-    put(LIMITER_BASE + 12, f32(_num(lim.get("period_volume_m3"))))
-    put(LIMITER_BASE + 14, f32(_num(lim.get("budget_m3"))))
-    put(LIMITER_BASE + 16, u32(_num(lim.get("period_start"))))
+    put(LIMITER_BASE + 4, f32(number(con.get("flow_limit_m3h"))))
+    put(LIMITER_BASE + 6, f32(number(con.get("power_limit_kw"))))
+    put(LIMITER_BASE + 8, f32(number(lim.get("last_write_pct"))))
+    put(LIMITER_BASE + 10, f32(number(lim.get("allowed_flow_m3h"))))
+    put(LIMITER_BASE + 12, f32(number(lim.get("period_volume_m3"))))
+    put(LIMITER_BASE + 14, f32(number(lim.get("budget_m3"))))
+    put(LIMITER_BASE + 16, u32(number(lim.get("period_start"))))
 
 
 def _last_record(snap: Mapping[str, Any], hm_name: str | None, put: Any) -> None:
@@ -172,7 +169,7 @@ def _last_record(snap: Mapping[str, Any], hm_name: str | None, put: Any) -> None
     put(RECORD_BASE + 2, u32(parse_time(rec.get("end"))))
     for i, k in enumerate(("energy_kwh", "volume_m3", "flow_avg_m3h", "power_avg_kw",
                            "supply_avg_c", "return_avg_c", "cooling_avg_c")):  # fmt: skip
-        put(RECORD_BASE + 4 + 2 * i, f32(_num(rec.get(k))))
+        put(RECORD_BASE + 4 + 2 * i, f32(number(rec.get(k))))
     flags = rec.get("flags") or []
     put(RECORD_BASE + 18, [sum(1 << i for i, f in enumerate(RECORD_FLAGS) if f in flags)])
     put(RECORD_BASE + 19, [1 if rec.get("limit_exceeded") is True else 0])

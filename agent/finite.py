@@ -12,6 +12,11 @@ def finite(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def number(v: Any) -> float | None:
+    """A JSON number (int or float, not a bool) as a float, else None."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
 def finite_or_null(obj: Any) -> Any:
     """A copy with every non-finite float (in dicts, lists and tuples) replaced by None."""
     if isinstance(obj, float):

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.finite import number
 from agent.protocol import DP_SENSOR, HEAT_METER
 from agent.timefmt import parse_time, rfc3339
 
@@ -132,10 +133,6 @@ def _worse(a: float | None, b: float, low: bool) -> float:
     return min(a, b) if low else max(a, b)
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
 @dataclass
 class _Month:
     key: str
@@ -163,6 +160,10 @@ class Monitors:
     def active(self) -> list[tuple[str, str]]:
         """(device, kind) of every condition in force, e.g. for `status`."""
         return sorted(k for k, c in self._conds.items() if c.active)
+
+    def active_since(self) -> list[tuple[str, str, float | None]]:
+        """(device, kind, since) of every condition in force, ``since`` the time it began."""
+        return [(d, k, self._conds[(d, k)].start) for d, k in self.active()]
 
     # --- the debouncer ------------------------------------------------------------------
 
@@ -276,7 +277,7 @@ class Monitors:
         out: list[dict[str, Any]] = []
         span = {"period_start": rec.get("start"), "period_s": rec.get("period_s")}
         for spec in PERIOD:
-            v = _num(rec.get(spec.key))
+            v = number(rec.get(spec.key))
             if v is None:
                 continue
             # a record is the condition over its whole period: start (or end) at its start
@@ -318,7 +319,7 @@ class Monitors:
             m = None
         if m is None:
             m = self._months[device] = _Month(key=key, start=start)
-        cool, vol = _num(rec.get("cooling_avg_c")), _num(rec.get("volume_m3"))
+        cool, vol = number(rec.get("cooling_avg_c")), number(rec.get("volume_m3"))
         if cool is not None:
             if vol is not None and vol > 0:
                 m.weighted += cool * vol
@@ -331,13 +332,13 @@ class Monitors:
     def _exceeded(
         device: str, start: float, rec: dict[str, Any], span: dict[str, Any]
     ) -> dict[str, Any]:
-        fa, fl = _num(rec.get("flow_avg_m3h")), _num(rec.get("flow_limit_m3h"))
+        fa, fl = number(rec.get("flow_avg_m3h")), number(rec.get("flow_limit_m3h"))
         flow_over = fa is not None and fl is not None and fa > fl
         if flow_over or rec.get("power_limit_kw") is None:
             kind, value, thr = "flow_limit_exceeded", fa, fl
         else:
-            kind, value = "power_limit_exceeded", _num(rec.get("power_avg_kw"))
-            thr = _num(rec.get("power_limit_kw"))
+            kind, value = "power_limit_exceeded", number(rec.get("power_avg_kw"))
+            thr = number(rec.get("power_limit_kw"))
         return {
             "kind": kind,
             "device": device,

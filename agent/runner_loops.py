@@ -94,7 +94,6 @@ class LoopsMixin:
     def snapshot(self, backlog: Mapping[str, int] | None = None) -> dict[str, Any]:
         """The live snapshot (agent/snapshot.py) from the pipeline's state."""
         cfg, c, up = self.cfg, self.cfg.contract, self.uplink
-        conds = self.monitors._conds
         return snapshot.build_snapshot(
             site=cfg.site.id,
             wall=self.clock.wall(),
@@ -121,7 +120,7 @@ class LoopsMixin:
                 and (c.flow_limit_m3h is not None or c.power_limit_kw is not None),
                 self.limiting,
             ),
-            alarms=[(d, k, conds[(d, k)].start) for d, k in self.monitors.active()],
+            alarms=self.monitors.active_since(),
             uplink=None if up is None else {"connected": up.connected, "backlog": backlog,
                                             "last_publish": up.last_publish},
             last_records=self.last_records,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agent.finite import number
 from agent.protocol import DP_SENSOR, HEAT_METER
 from agent.timefmt import parse_time
 from agent.web.svg import Plot, RefLine, Series, Span, downsample
@@ -23,8 +24,7 @@ def rec_time(rec: Mapping[str, Any], key: str) -> float | None:
 
 
 def _val(rec: Mapping[str, Any], key: str) -> float | None:
-    v = rec.get(key)
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    return number(rec.get(key))
 
 
 def _points(
