@@ -14,7 +14,11 @@
 #   /etc/modules-load.d/dh-agent.conf  usbserial + cdc_acm, so DeviceAllow=char-ttyUSB/ttyACM
 #                                    resolve when the service starts (see the unit)
 #   /etc/systemd/system/dh-agent.service, enabled (multi-user.target.wants symlink)
-# uninstall: disables and removes the unit, the venv and the modules-load file; keeps
+#   /etc/systemd/system/dh-agent-web.socket, dh-agent-web.service (the technician's page)
+#   and dh-agent-customer.service (the BMS's Modbus interface): installed, not enabled;
+#   a site turns them on with `systemctl enable --now dh-agent-web.socket` and, with
+#   [customer] configured, `systemctl enable --now dh-agent-customer.service`
+# uninstall: disables and removes the units, the venv and the modules-load file; keeps
 #   /etc/dh-agent, /var/lib/dh-agent and the user unless --purge.
 #
 # A root other than / (DESTDIR style; tests use a temporary folder) touches nothing outside
@@ -40,6 +44,7 @@
 set -euo pipefail
 
 UNIT=dh-agent.service
+OPTIONAL_UNITS=(dh-agent-web.socket dh-agent-web.service dh-agent-customer.service)
 SVC_USER=dh-agent
 SERIAL_GROUP=dialout
 MODULES=(usbserial cdc_acm)
@@ -268,8 +273,11 @@ install_modules() {
 
 install_unit() {
     mkdir -p "$unit_dir"
-    install -m 0644 "$here/$UNIT" "$unit_dir/$UNIT.tmp"
-    mv -f "$unit_dir/$UNIT.tmp" "$unit_dir/$UNIT"
+    local u
+    for u in "$UNIT" "${OPTIONAL_UNITS[@]}"; do
+        install -m 0644 "$here/$u" "$unit_dir/$u.tmp"
+        mv -f "$unit_dir/$u.tmp" "$unit_dir/$u"
+    done
     note "systemctl daemon-reload"
     systemd_running && systemctl daemon-reload
     enable_unit
@@ -306,6 +314,7 @@ do_install() {
     install_unit
     say "done. Next: edit $(r /etc/dh-agent/agent.toml), add operator.pub and ca.pem to $etc,"
     say "then: systemctl start dh-agent; journalctl -u dh-agent -f"
+    say "optional: systemctl enable --now dh-agent-web.socket (the technician's page)"
 }
 
 # --- uninstall -----------------------------------------------------------------------
@@ -336,19 +345,28 @@ remove_user() {
     done
 }
 
-do_uninstall() {
-    note "systemctl disable --now $UNIT"
+disable_unit() {
+    local u="$1"
+    note "systemctl disable --now $u"
     if systemd_running; then
-        systemctl disable --now "$UNIT" >&2 || true
-    elif command -v systemctl >/dev/null && [[ -e "$unit_dir/$UNIT" ]]; then
+        systemctl disable --now "$u" >&2 || true
+    elif command -v systemctl >/dev/null && [[ -e "$unit_dir/$u" ]]; then
         if [[ "$live" == 1 ]]; then
-            systemctl disable "$UNIT" >&2 || true
+            systemctl disable "$u" >&2 || true
         else
-            systemctl --root="$root" disable "$UNIT" >&2 || true
+            systemctl --root="$root" disable "$u" >&2 || true
         fi
     fi
-    rm -f "$unit_dir/multi-user.target.wants/$UNIT" "$unit_dir/$UNIT"
-    rmdir "$unit_dir/multi-user.target.wants" 2>/dev/null || true
+    rm -f "$unit_dir/multi-user.target.wants/$u" "$unit_dir/sockets.target.wants/$u" \
+        "$unit_dir/$u"
+}
+
+do_uninstall() {
+    local u
+    for u in "${OPTIONAL_UNITS[@]}" "$UNIT"; do
+        disable_unit "$u"
+    done
+    rmdir "$unit_dir/multi-user.target.wants" "$unit_dir/sockets.target.wants" 2>/dev/null || true
     note "systemctl daemon-reload"
     systemd_running && systemctl daemon-reload
     rm -rf "$(r /opt/dh-agent)"

@@ -26,6 +26,7 @@ SCRIPT = REPO / "systemd" / "install.sh"
 BIN = Path(sys.executable).parent
 UNIT = "etc/systemd/system/dh-agent.service"
 WANTS = "etc/systemd/system/multi-user.target.wants/dh-agent.service"
+OPTIONAL = ("dh-agent-web.socket", "dh-agent-web.service", "dh-agent-customer.service")
 SYSUSERS = shutil.which("systemd-sysusers") is not None
 SYSTEMCTL = shutil.which("systemctl") is not None
 
@@ -132,6 +133,12 @@ def test_install_creates_the_layout(root: Path) -> None:
     wants = root / WANTS
     assert wants.is_symlink()
     assert os.readlink(wants) == "/etc/systemd/system/dh-agent.service"
+    for name in OPTIONAL:  # installed for a site to turn on, never enabled by us
+        u = root / "etc/systemd/system" / name
+        assert u.read_bytes() == (REPO / "systemd" / name).read_bytes()
+        assert stat.S_IMODE(u.stat().st_mode) == 0o644
+    enabled = [p.name for p in (root / "etc/systemd/system").rglob("*.wants/*")]
+    assert enabled == ["dh-agent.service"]
 
     mods = (root / "etc/modules-load.d/dh-agent.conf").read_text().split()
     assert "usbserial" in mods and "cdc_acm" in mods
@@ -267,6 +274,11 @@ def test_uninstall_keeps_config_keys_data_and_user(root: Path) -> None:
     }
     run(root, "uninstall")
     assert not (root / UNIT).exists() and not (root / WANTS).is_symlink()
+    for name in OPTIONAL:
+        assert not (root / "etc/systemd/system" / name).exists()
+    assert "systemctl disable --now dh-agent-web.socket" in (
+        root / "dh-agent-install.plan"
+    ).read_text().splitlines()
     assert not (root / "opt/dh-agent").exists()
     assert not (root / "etc/modules-load.d/dh-agent.conf").exists()
     for p, content in kept.items():
