@@ -100,7 +100,7 @@ def write_config(work: Path, sim_addr: tuple[str, int], mqtt_port: int, period_s
         '[storage]\npath = "agent.db"\nflush_s = 5\n\n'
         '[live]\npath = "live.json"\nevery_s = 2\n\n'
         "[contract]\nflow_limit_m3h = 2.5\nenforce = true\n\n"
-        "[delivery]\ndebounce_s = 3\n" + devices_toml(host, port, ("hm1", "dp1", "valve"))
+        "[delivery]\ndebounce_s = 3\n" + devices_toml(host, port)
     )
     return cfg
 
