@@ -51,7 +51,8 @@ from agent.runner_storage import StorageMixin
 from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
 from agent.uplink import MqttSettings, Uplink
-from drivers.device import OFFLINE_AFTER, OFFLINE_AFTER_S, Device, DevicePool
+from drivers.device import Device, DevicePool
+from drivers.health import OFFLINE_AFTER, OFFLINE_AFTER_S
 from drivers.types import Clock
 
 __all__ = [

@@ -16,7 +16,7 @@ exception response other than 1/2/3, which a retry cannot fix) is repeated up to
 ``BACKOFF_MAX_S``); the bus lock is released between attempts, so other devices on the
 line are served meanwhile. Every attempt is a request and counted.
 
-Health rule (pure, ``next_health``):
+Health rule (pure, ``drivers.health.next_health``, shared with M-Bus devices):
 
 * OK after a successful poll;
 * DEGRADED after 1 or more consecutive failed polls;
@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar, Union, overload
 
 from drivers.errors import DriverError, TransportError
+from drivers.health import OFFLINE_AFTER, OFFLINE_AFTER_S, HealthState, next_health
 from drivers.modbus import Bus, ExceptionResponse, RtuBus, TcpBus
 from drivers.profile import Profile, ReadBlock, decode_block, encode, plan_reads
 from drivers.types import Clock, Health, Quality, Reading, Value
@@ -56,16 +57,12 @@ __all__ = [
     "DevicePool",
     "DeviceSpec",
     "DriverError",
-    "HealthState",
-    "next_health",
 ]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-OFFLINE_AFTER = 3
-OFFLINE_AFTER_S = 60.0
 BACKOFF_S = 0.05
 BACKOFF_MAX_S = 1.0
 
@@ -101,31 +98,6 @@ class DeviceSpec:
     parity: str = "N"
     stopbits: int = 1
     rs485: bool = False
-
-
-# --- health (pure) -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HealthState:
-    health: Health
-    failures: int  # consecutive failed polls
-    last_ok: float  # monotonic time of the last success (or of creation, before any)
-
-
-def next_health(
-    s: HealthState,
-    success: bool,
-    now: float,
-    offline_after: int = OFFLINE_AFTER,
-    offline_after_s: float = OFFLINE_AFTER_S,
-) -> HealthState:
-    """The health after one poll (see the module doc for the rule)."""
-    if success:
-        return HealthState(Health.OK, 0, now)
-    failures = s.failures + 1
-    offline = failures >= offline_after or now - s.last_ok > offline_after_s
-    return HealthState(Health.OFFLINE if offline else Health.DEGRADED, failures, s.last_ok)
 
 
 def backoff_s(attempt: int) -> float:

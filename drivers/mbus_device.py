@@ -14,7 +14,7 @@ The reading carries ``meter_id`` (the identification number of the fixed header)
 device keeps the last ``identity`` (id, manufacturer, version, medium, status) and the
 meter's ``stored`` values (storage 1 and up, e.g. the billing-date energy and its date).
 
-Health: the same rule as Modbus devices (``drivers.device.next_health``). Counters: those
+Health: the same rule as Modbus devices (``drivers.health.next_health``). Counters: those
 of ``drivers.mbus_master.COUNTER_NAMES`` (requests, ok, timeouts, checksum_errors,
 bad_frames, retries, ...) plus ``decode_errors`` and ``app_errors``.
 """
@@ -26,8 +26,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.device import OFFLINE_AFTER, OFFLINE_AFTER_S, HealthState, next_health
 from drivers.errors import DriverError, TransportError
+from drivers.health import OFFLINE_AFTER, OFFLINE_AFTER_S, HealthState, next_health
 from drivers.mbus_app import MbusApplicationError, MbusDecodeError, Telegram, decode_user_data
 from drivers.mbus_frame import Frame
 from drivers.mbus_map import MbusProfile, identity, load_mbus_profile, map_values, stored_values

@@ -12,13 +12,10 @@ from hypothesis import strategies as st
 from drivers.device import (
     BACKOFF_MAX_S,
     BACKOFF_S,
-    OFFLINE_AFTER,
-    OFFLINE_AFTER_S,
     BlockDecoder,
-    HealthState,
     backoff_s,
-    next_health,
 )
+from drivers.health import OFFLINE_AFTER, OFFLINE_AFTER_S, HealthState, next_health
 from drivers.modbus import (
     CrcError,
     ExceptionResponse,

@@ -276,9 +276,10 @@ def test_uninstall_keeps_config_keys_data_and_user(root: Path) -> None:
     assert not (root / UNIT).exists() and not (root / WANTS).is_symlink()
     for name in OPTIONAL:
         assert not (root / "etc/systemd/system" / name).exists()
-    assert "systemctl disable --now dh-agent-web.socket" in (
-        root / "dh-agent-install.plan"
-    ).read_text().splitlines()
+    assert (
+        "systemctl disable --now dh-agent-web.socket"
+        in (root / "dh-agent-install.plan").read_text().splitlines()
+    )
     assert not (root / "opt/dh-agent").exists()
     assert not (root / "etc/modules-load.d/dh-agent.conf").exists()
     for p, content in kept.items():

@@ -13,7 +13,7 @@ from agent.aggregator import AggState, Sample, close_periods
 from agent.config import parse_text
 from agent.monitors import MonitorParams, Monitors
 from agent.runner import record_params
-from drivers.device import OFFLINE_AFTER, OFFLINE_AFTER_S, HealthState, next_health
+from drivers.health import OFFLINE_AFTER, OFFLINE_AFTER_S, HealthState, next_health
 from drivers.types import Health
 from tests.test_config import GOOD
 
