@@ -10,12 +10,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from agent import limiter_override
 from agent.config import remote_view
+from agent.ed25519 import VerifyKey
 from agent.jws import thumbprint
-from agent.keys import load_public
+from agent.keys import load_verify_key
 from agent.remote import CMD_WINDOW_S, decide_cmd, decide_config, persist_overlay
 from agent.rotation import Rotation
 from agent.store import Store
@@ -26,11 +25,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("dh.remote")
 
 
-def load_operator_keys(paths: tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
-    keys: dict[str, Ed25519PublicKey] = {}
+def load_operator_keys(paths: tuple[Path, ...]) -> dict[str, VerifyKey]:
+    keys: dict[str, VerifyKey] = {}
     for p in paths:
         try:
-            k = load_public(p)
+            k = load_verify_key(p)
         except (OSError, ValueError) as e:
             log.error("operator key %s unusable: %s", p, e)
             continue

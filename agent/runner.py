@@ -34,7 +34,7 @@ from agent.degraded import GuardedOutbox, StorageGuard
 from agent.devices import driver_spec
 from agent.events import event_body
 from agent.jws import Signer, envelope
-from agent.keys import load_private
+from agent.keys import load_signing_key
 from agent.limiter import LimiterState
 from agent.logs import RateLimiter
 from agent.meters import MeterWatch
@@ -100,7 +100,7 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         self.store: Store | None = None
         self.uplink: Uplink | None = None
         rotated = cfg.storage.path.parent / "agent-rotated.key"
-        self.signer = Signer(load_private(rotated if rotated.exists() else cfg.keys.agent_key))
+        self.signer = Signer(load_signing_key(rotated if rotated.exists() else cfg.keys.agent_key))
         self.pool = DevicePool(self.clock)
         self.channels: dict[str, Channel] = {}
         self.sample_buf: list[SampleRow] = []
