@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-HEAVY = ("sqlite_utils", "click", "pymodbus", "rich", "amqtt")
+HEAVY = ("sqlite_utils", "click", "pymodbus", "rich", "amqtt", "cryptography")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -58,3 +59,52 @@ def test_clock_sync_check_spawns_no_process(monkeypatch: pytest.MonkeyPatch) -> 
     for _ in range(3):
         assert clock.kernel_synced() in (True, False)  # Linux: adjtimex answers
         assert clock.SyncClock("ntp", recheck_s=0.0).synced() in (True, False)
+
+
+def test_agent_signs_and_verifies_without_cryptography(tmp_path: Path) -> None:
+    """With a libcrypto that does Ed25519 (``agent.ed25519``), the running agent's keys,
+    signatures, operator-key checks and key rotation never import ``cryptography``
+    (about 8 MB of RSS)."""
+    from agent.ed25519 import native_lib
+    from agent.keys import keygen
+
+    if native_lib() is None:
+        pytest.skip("the loaded libcrypto has no Ed25519: the fallback is cryptography")
+    keygen(tmp_path)
+    mods = loaded_after(
+        "import asyncio\nfrom pathlib import Path\n"
+        "from agent.commands import load_operator_keys\nfrom agent.jws import Signer, verify\n"
+        "from agent.keys import load_signing_key\nfrom agent.rotation import write_pending\n"
+        f"d = Path({str(tmp_path)!r})\n"
+        "s = Signer(load_signing_key(d / 'agent.key'))\n"
+        "keys = load_operator_keys((d / 'agent.pub',))\n"
+        "assert verify(s.sign({'a': 1}), keys) == {'a': 1}\n"
+        "new = Signer(write_pending(d / 'agent-rotated.key.new'))\n"
+        "assert new.kid != s.kid"
+    )
+    assert "agent" in mods  # the probe ran
+    assert "cryptography" not in mods
+
+
+@pytest.mark.integration
+def test_running_agent_has_no_cryptography_mapped() -> None:
+    """``dh-agent run`` in its steady state (devices polled, telemetry published): no
+    file of the cryptography package is mapped into the process."""
+    from agent.ed25519 import native_lib
+    from bench.harness import Rig
+
+    if native_lib() is None:
+        pytest.skip("the loaded libcrypto has no Ed25519: the fallback is cryptography")
+    with Rig(period_s=60) as rig:
+        agent = rig.start_agent()
+        log = rig.work / "agent.log"
+        deadline = time.monotonic() + 30
+        while "dh-agent started" not in log.read_text() and time.monotonic() < deadline:
+            assert agent.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert "dh-agent started" in log.read_text(), log.read_text()
+        time.sleep(2.0)  # a few polls and signed messages
+        maps = Path(f"/proc/{agent.pid}/maps").read_text()
+        assert agent.poll() is None
+        assert "libcrypto" in maps  # the probe is right: the system library is there
+        assert "/cryptography/" not in maps
