@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent import aggregator as agg
-from agent.config import Config
 from agent.protocol import HEAT_METER
-from drivers.device import AnyDevice
-from drivers.types import Reading
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from agent.config import Config
+    from drivers.device import AnyDevice
+    from drivers.types import Reading
 
 
 @dataclass

@@ -9,27 +9,27 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent import advice
 from agent import aggregator as agg
-from agent.config import Config
 from agent.degraded import StorageGuard, bound_pending, is_storage_error
-from agent.limiter import LimiterParams, LimiterState
-from agent.logs import RateLimiter
 from agent.meters import MeterWatch, disk_flags
-from agent.monitors import Monitors
-from agent.plausibility import Plausibility
 from agent.protocol import HEAT_METER
 from agent.runner_channel import Channel, to_sample
-from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
-from drivers.device import Device
-from drivers.types import Clock, Reading
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from agent.config import Config
+    from agent.limiter import LimiterParams, LimiterState
+    from agent.logs import RateLimiter
+    from agent.monitors import Monitors
+    from agent.plausibility import Plausibility
+    from agent.stamping import ReadingStamper
     from agent.uplink import Uplink
+    from drivers.device import Device
+    from drivers.types import Clock, Reading
 
 log = logging.getLogger("dh.agent")
 T = TypeVar("T")
@@ -202,6 +202,8 @@ class PipelineMixin:
     async def monthly_review(self, last: dict[str, Any]) -> None:
         """Once a month (the first record of a new month): the largest hourly flow and
         power of the last 12 months against the contract, as a `contract_review` event."""
+        from agent import advice  # once a month: not at start-up
+
         assert self.store is not None and self.meter is not None
         end = advice.record_end(last)
         month = advice.month_key(end)
