@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import limiter_override
 from agent.atomicfile import write_atomic
 from agent.config import Config, merge_remote, remote_view, validate
 from agent.ed25519 import VerifyKey
@@ -213,6 +212,8 @@ def decide_cmd(
         if z < a or z - a >= 100_000:
             return reject("invalid: to_seq: must be >= from_seq and span < 100000")
     if name == "limit_override":
+        from agent import limiter_override  # a limit_override command: rare
+
         _, why = limiter_override.parse(b, now)
         if why:
             return reject(why)

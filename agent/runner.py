@@ -39,7 +39,6 @@ from agent.keys import load_signing_key
 from agent.logs import RateLimiter
 from agent.meters import MeterWatch
 from agent.notify import Notifier
-from agent.plausibility import Plausibility
 from agent.protocol import ACTUATOR, HEAT_METER
 from agent.remote import apply_overlay
 from agent.runner_channel import Channel, record_params, to_sample
@@ -58,6 +57,7 @@ if TYPE_CHECKING:
     from agent.config import Config
     from agent.limiter import LimiterParams, LimiterState
     from agent.monitors import MonitorParams, Monitors
+    from agent.plausibility import Plausibility
     from agent.stamping import ReadingStamper
     from drivers.types import Clock
 
@@ -117,12 +117,12 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         # built by build_pipeline, after the first connection attempt
         self.stamper: ReadingStamper
         self.monitors: Monitors
+        self.plausibility: Plausibility
         self.lparams: LimiterParams
         self.lstate: LimiterState
         self.remote: RemoteHandler
         self.pipeline_ready = asyncio.Event()
         self.meters = MeterWatch()  # meter identity: replacement, stored values
-        self.plausibility = Plausibility(cfg.plausibility)
         self.meter: Channel | None = None  # the heat meter the limiter follows (the first)
         self.actuator: Device | None = None
         self.actuator_ch: Channel | None = None
@@ -227,9 +227,11 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         from agent.commands import RemoteHandler
         from agent.limiter import LimiterState
         from agent.monitors import Monitors
+        from agent.plausibility import Plausibility
         from agent.stamping import ReadingStamper
 
         self.stamper = ReadingStamper()
+        self.plausibility = Plausibility(self.cfg.plausibility)
         self.monitors = Monitors(monitor_params(self.cfg))
         self.lparams = limiter_params(self.cfg)
         self.lstate = LimiterState.initial()
