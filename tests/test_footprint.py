@@ -15,17 +15,54 @@ import pytest
 HEAVY = ("sqlite_utils", "click", "pymodbus", "rich", "amqtt", "cryptography")
 
 
-def loaded_after(code: str) -> set[str]:
+# what `dh-agent run` imports only after the uplink's first connection attempt
+AFTER_FIRST_CONNECT = (
+    "agent.commands",
+    "agent.rotation",
+    "agent.limiter",
+    "agent.limiter_store",
+    "agent.limiter_override",
+    "agent.monitors",
+    "agent.plausibility",
+    "agent.stamping",
+    "agent.snapshot",
+    "agent.advice",
+    "drivers.mbus_device",
+    "drivers.mbus_map",
+    "importlib.resources",
+)
+
+
+def modules_after(code: str) -> set[str]:
     probe = code + "\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))\n"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
-    return {m.split(".")[0] for m in json.loads(out.splitlines()[-1])}
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def loaded_after(code: str) -> set[str]:
+    return {m.split(".")[0] for m in modules_after(code)}
 
 
 def test_runner_imports_no_schema_modbus_or_demo_stack() -> None:
     mods = loaded_after("import agent.runner, agent.cli")
     assert not mods & set(HEAVY), mods & set(HEAVY)
+
+
+def test_first_publish_needs_no_pipeline_modules(tmp_path: Path) -> None:
+    """The runner and a Modbus-only config: none of the modules the agent builds after its
+    first connection attempt (limiter, monitors, remote commands, M-Bus ...)."""
+    from tests.support.rig import write_config
+
+    cfg = write_config(tmp_path, 1502, "mqtt://127.0.0.1:1883")
+    mods = modules_after(
+        "import agent.runner, agent.cli\nfrom agent.config import load\n"
+        f"cfg = load({str(cfg)!r})\nassert cfg.devices"
+    )
+    early = mods & set(AFTER_FIRST_CONNECT)
+    assert not early, early
+    assert "agent.runner" in mods
 
 
 def test_fresh_store_is_created_without_sqlite_utils(tmp_path: Path) -> None:
