@@ -13,9 +13,10 @@ store is synchronous and confined to one writer thread (``self.db``); nothing bl
 event loop.
 
 Start-up: only what the first publish needs (config, key, store, uplink) is imported and
-built before the uplink's first connection attempt; the limiter, monitors, remote-command
-handler and devices (with the Modbus stack) follow it (``build_pipeline``,
-``open_devices``), so they do not delay the first publish (docs/performance.md).
+built before the uplink's first connection attempt; the aggregator, limiter, monitors,
+device pool, remote-command handler and devices (with the Modbus stack) follow it
+(``build_pipeline``, ``open_devices``: their imports are in those methods and in the mixins'
+methods), so they do not delay the first publish (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -29,15 +30,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent import aggregator as agg
 from agent.clock import SyncClock
 from agent.degraded import GuardedOutbox, StorageGuard
-from agent.devices import driver_spec
 from agent.events import event_body
 from agent.jws import Signer, envelope
 from agent.keys import load_signing_key
 from agent.logs import RateLimiter
-from agent.meters import MeterWatch
 from agent.notify import Notifier
 from agent.protocol import ACTUATOR, HEAT_METER
 from agent.remote import apply_overlay
@@ -48,7 +46,6 @@ from agent.runner_pipeline import PipelineMixin
 from agent.runner_storage import StorageMixin
 from agent.store import SampleRow, Store
 from agent.uplink import MqttSettings, Uplink
-from drivers.device import OFFLINE_AFTER, OFFLINE_AFTER_S, Device, DevicePool
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,9 +53,11 @@ if TYPE_CHECKING:
     from agent.commands import RemoteHandler
     from agent.config import Config
     from agent.limiter import LimiterParams, LimiterState
+    from agent.meters import MeterWatch
     from agent.monitors import MonitorParams, Monitors
     from agent.plausibility import Plausibility
     from agent.stamping import ReadingStamper
+    from drivers.device import Device, DevicePool
     from drivers.types import Clock
 
 __all__ = [
@@ -110,7 +109,7 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         self.uplink: Uplink | None = None
         rotated = cfg.storage.path.parent / "agent-rotated.key"
         self.signer = Signer(load_signing_key(rotated if rotated.exists() else cfg.keys.agent_key))
-        self.pool = DevicePool(self.clock)
+        self.pool: DevicePool  # build_pipeline
         self.channels: dict[str, Channel] = {}
         self.sample_buf: list[SampleRow] = []
         self.boot = 0
@@ -122,7 +121,7 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         self.lstate: LimiterState
         self.remote: RemoteHandler
         self.pipeline_ready = asyncio.Event()
-        self.meters = MeterWatch()  # meter identity: replacement, stored values
+        self.meters: MeterWatch  # meter identity: replacement, stored values
         self.meter: Channel | None = None  # the heat meter the limiter follows (the first)
         self.actuator: Device | None = None
         self.actuator_ch: Channel | None = None
@@ -226,11 +225,15 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         uplink's first connection attempt."""
         from agent.commands import RemoteHandler
         from agent.limiter import LimiterState
+        from agent.meters import MeterWatch
         from agent.monitors import Monitors
         from agent.plausibility import Plausibility
         from agent.stamping import ReadingStamper
+        from drivers.device import DevicePool
 
+        self.pool = DevicePool(self.clock)
         self.stamper = ReadingStamper()
+        self.meters = MeterWatch()
         self.plausibility = Plausibility(self.cfg.plausibility)
         self.monitors = Monitors(monitor_params(self.cfg))
         self.lparams = limiter_params(self.cfg)
@@ -245,8 +248,11 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
     async def open_devices(self) -> None:
         """The devices and their record channels: after the uplink's first connect, so
         start-up imports (the Modbus stack) do not delay the first publish."""
+        from agent import aggregator as agg
         from agent import limiter_store
+        from agent.devices import driver_spec
         from agent.limiter import LimiterState
+        from drivers.device import OFFLINE_AFTER, Device
 
         cfg = self.cfg
         for d in cfg.devices:
@@ -290,6 +296,8 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
     def apply_config(self, cfg: Config) -> None:
         """Put a validated config in effect without a restart (remote config/set):
         limiter, monitors, records and poll rates follow from the next poll on."""
+        from drivers.device import OFFLINE_AFTER, OFFLINE_AFTER_S
+
         was_enforcing = self.lparams.enforce and self.limiting
         self.cfg = cfg
         self.lparams = self.limiter_params(cfg)
@@ -384,7 +392,8 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
             except Exception as e:
                 log.warning("uplink shutdown: %s", e)
         try:  # the devices' connections: bounded, so a stuck bus cannot hold the exit
-            await asyncio.wait_for(self.pool.close(), 5)
+            if self.pipeline_ready.is_set():
+                await asyncio.wait_for(self.pool.close(), 5)
         except Exception as e:
             log.warning("closing the devices: %s", e)
         if self.storage.store is not None:

@@ -11,9 +11,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent import aggregator as agg
 from agent.degraded import StorageGuard, bound_pending, is_storage_error
-from agent.meters import MeterWatch, disk_flags
 from agent.protocol import HEAT_METER
 from agent.runner_channel import Channel, to_sample
 from agent.store import SampleRow, Store
@@ -24,6 +22,7 @@ if TYPE_CHECKING:
     from agent.config import Config
     from agent.limiter import LimiterParams, LimiterState
     from agent.logs import RateLimiter
+    from agent.meters import MeterWatch
     from agent.monitors import Monitors
     from agent.plausibility import Plausibility
     from agent.stamping import ReadingStamper
@@ -94,6 +93,8 @@ class PipelineMixin:
                 await asyncio.wait_for(ch.poll_now.wait(), max(0.0, delay))
 
     async def on_reading(self, ch: Channel, r: Reading) -> None:
+        from agent import meters  # with the pipeline, after the first connect
+
         ch.last = r
         name, role = ch.params.device, ch.params.role
         # monitors and limiter act on the live reading, on the monotonic clock's "now"
@@ -148,7 +149,7 @@ class PipelineMixin:
                     synced=rr.synced,
                     ok=rr.ok,
                     values=dict(s.values),
-                    flags=disk_flags(s),
+                    flags=meters.disk_flags(s),
                 )
             )
         await self.close_periods(ch)
@@ -166,6 +167,8 @@ class PipelineMixin:
             return
         if st.boundary is None and math.floor(newest / p) == math.floor(ch.pending[0].ts / p):
             return
+        from agent import aggregator as agg
+
         records, new_state = agg.close_periods(st, ch.pending, ch.params)
         if not records:
             ch.state = new_state

@@ -10,8 +10,6 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-from agent import aggregator as agg
-from agent.meters import MeterWatch, restored_sample
 from agent.store import SampleRow, Store
 from agent.uplink_drain import Refusal, refusal_event_of
 
@@ -21,6 +19,7 @@ if TYPE_CHECKING:
     from agent.commands import RemoteHandler
     from agent.config import Config
     from agent.degraded import StorageGuard
+    from agent.meters import MeterWatch
     from agent.runner import Channel
     from agent.uplink import Outgoing, Uplink
     from drivers.types import Clock
@@ -76,6 +75,9 @@ class StorageMixin:
 
     async def load_channel(self, ch: Channel) -> bool:
         """The aggregator state and the samples after it, from the store (once)."""
+        from agent import aggregator as agg
+        from agent.meters import restored_sample
+
         name = ch.params.device
 
         def read(st: Store) -> tuple[str | None, list[SampleRow]]:
