@@ -15,13 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from agent import limiter_override
 from agent.config import Config, remote_view
 from agent.degraded import StorageGuard
+from agent.ed25519 import VerifyKey
 from agent.jws import Signer, thumbprint
-from agent.keys import load_public
+from agent.keys import load_verify_key
 from agent.limiter_state import LimiterState, Override
 from agent.remote import CMD_WINDOW_S, decide_cmd, decide_config, persist_overlay
 from agent.rotation import Rotation
@@ -61,11 +60,11 @@ class RemoteHost(Protocol):
     async def start_override(self, o: Override) -> None: ...  # persisted when it returns
 
 
-def load_operator_keys(paths: tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
-    keys: dict[str, Ed25519PublicKey] = {}
+def load_operator_keys(paths: tuple[Path, ...]) -> dict[str, VerifyKey]:
+    keys: dict[str, VerifyKey] = {}
     for p in paths:
         try:
-            k = load_public(p)
+            k = load_verify_key(p)
         except (OSError, ValueError) as e:
             log.error("operator key %s unusable: %s", p, e)
             continue

@@ -48,11 +48,11 @@ from agent.config_types import (
     LimiterCfg,
     LiveCfg,
     MqttCfg,
+    PlausibilityParams,
     SiteCfg,
     StorageCfg,
     WebCfg,
 )
-from agent.plausibility import PlausibilityParams
 from agent.protocol import ACTUATOR
 
 __all__ = [

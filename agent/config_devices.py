@@ -11,7 +11,6 @@ from typing import Any
 from agent.config_schema import DEVICE_SCHEMA, check_table
 from agent.config_types import DeviceCfg
 from agent.protocol import HEAT_METER
-from drivers.mbus_map import available_mbus_profiles
 from drivers.profile import ProfileError, available_profiles, load_profile
 
 
@@ -138,6 +137,9 @@ def _check_mbus(vals: dict[str, Any], where: str, problems: list[str]) -> None:
     if ("address" in vals) == ("secondary" in vals):
         problems.append(f"{where}.address: give either address (0..250) or secondary")
     prof = vals.setdefault("profile", "mbus")
+    # here, not at the top: the M-Bus stack (about 10 ms of start-up) only for M-Bus devices
+    from drivers.mbus_map import available_mbus_profiles
+
     known = available_mbus_profiles()
     if prof not in known:
         problems.append(f"{where}.profile: no M-Bus profile {prof!r} (have: {', '.join(known)})")

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.plausibility import PlausibilityParams
-
 
 class ConfigError(ValueError):
     """An invalid configuration; ``problems`` lists every ``path: message``."""
@@ -17,6 +15,29 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class PlausibilityParams:
+    """The ``[plausibility]`` section (agent/plausibility.py uses it; defined here so the
+    config does not import the checks themselves)."""
+
+    enabled: bool = True
+    window_s: float = 86400.0
+    drift_pct: float = 5.0
+    min_energy_kwh: float = 10.0
+    min_coverage: float = 0.9
+    max_gap_s: float = 900.0
+    flow_sensor: str = "return"  # the pipe the volume is measured in
+    flow_min_m3h: float = 0.02
+    swap_margin_k: float = 1.0
+    swap_after_s: float = 900.0
+    sensor_min_c: float = 0.5
+    sensor_max_c: float = 150.0
+    sensor_after_s: float = 60.0
+    stuck_after_s: float = 7200.0
+    stuck_power_span: float = 0.02
+    end_after_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

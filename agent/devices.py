@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from agent.config import DeviceCfg
 from drivers.device import DeviceSpec
-from drivers.mbus_device import MbusSpec
 from drivers.profile import load_profile
+
+if TYPE_CHECKING:
+    from drivers.mbus_device import MbusSpec
 
 
 def device_spec(d: DeviceCfg) -> DeviceSpec:
@@ -19,6 +23,9 @@ def device_spec(d: DeviceCfg) -> DeviceSpec:
 def driver_spec(d: DeviceCfg) -> DeviceSpec | MbusSpec:
     """The driver's view of one configured device, Modbus or wired M-Bus."""
     if d.transport == "mbus":
+        # here, not at the top: the M-Bus stack only for M-Bus devices (start-up time)
+        from drivers.mbus_device import MbusSpec
+
         return MbusSpec(
             name=d.name,
             role=d.role,

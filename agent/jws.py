@@ -1,7 +1,9 @@
 """JWS compact serialization (RFC 7515) with Ed25519, and the message envelope.
 
-Written on ``cryptography`` alone (no JOSE library in the agent); any standard JOSE
-library verifies what ``Signer.sign`` produces (the tests check with joserfc).
+Written on ``agent.ed25519`` alone (no JOSE library in the agent; Ed25519 through the
+libcrypto the interpreter has loaded, else ``cryptography``); any standard JOSE library
+verifies what ``Signer.sign`` produces (the tests check with joserfc). Keys are
+``agent.ed25519`` keys or ``cryptography``'s Ed25519 keys, interchangeably.
 
 - Protected header: exactly ``{"alg":"Ed25519","kid":KID}`` (RFC 9864 algorithm name),
   serialized as compact JSON in that key order.
@@ -31,10 +33,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
+from agent.ed25519 import SignKey, VerifyKey, verifies
 from agent.finite import finite_or_null
 from agent.protocol import CHAINED_STREAMS as CHAINED_STREAMS  # re-exported
 from agent.timefmt import rfc3339_ms
@@ -81,9 +80,9 @@ def _json(obj: Any, *, sort: bool) -> bytes:
     return text.encode("utf-8")
 
 
-def thumbprint(pub: Ed25519PublicKey) -> str:
+def thumbprint(pub: VerifyKey) -> str:
     """RFC 7638 JWK thumbprint of an Ed25519 key: required members crv, kty, x."""
-    x = b64u_encode(pub.public_bytes(Encoding.Raw, PublicFormat.Raw))
+    x = b64u_encode(pub.public_bytes_raw())
     jwk = {"crv": "Ed25519", "kty": "OKP", "x": x}
     return b64u_encode(hashlib.sha256(_json(jwk, sort=True)).digest())
 
@@ -111,11 +110,15 @@ def chain_hash(compact: str) -> str:
 
 
 class Signer:
-    """Signs payloads with one Ed25519 private key."""
+    """Signs payloads with one Ed25519 private key.
 
-    def __init__(self, key: Ed25519PrivateKey) -> None:
-        self.key = key
-        self.public_key = key.public_key()
+    ``key`` and ``public_key`` are the key objects as given: ``agent.ed25519``'s in the
+    running agent, ``cryptography``'s in the tools and tests, which use the latter's own
+    methods (PEM export), hence ``Any``."""
+
+    def __init__(self, key: SignKey) -> None:
+        self.key: Any = key
+        self.public_key: Any = key.public_key()
         self.kid = thumbprint(self.public_key)
         self._header_b64 = b64u_encode(_json({"alg": ALG, "kid": self.kid}, sort=False))
 
@@ -156,7 +159,7 @@ def header_kid(compact: str) -> str | None:
     return kid if isinstance(kid, str) else None
 
 
-def verify(compact: str, keys: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
+def verify(compact: str, keys: Mapping[str, VerifyKey]) -> dict[str, Any]:
     """Verify a compact JWS against the keys (kid -> key); returns the payload."""
     header, payload, signing_input, sig = parse(compact)
     alg = header.get("alg")
@@ -169,8 +172,6 @@ def verify(compact: str, keys: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]
         raise JWSError(f"unknown_kid: {str(kid)[:64]!r}")
     if len(sig) != 64:
         raise JWSError("bad_signature: wrong length")
-    try:
-        keys[kid].verify(sig, signing_input)
-    except InvalidSignature as e:
-        raise JWSError("bad_signature") from e
+    if not verifies(keys[kid], sig, signing_input):
+        raise JWSError("bad_signature")
     return payload

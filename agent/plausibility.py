@@ -41,30 +41,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.config_types import PlausibilityParams as PlausibilityParams  # re-exported
 from agent.plausibility_water import heat_kwh
 from agent.timefmt import rfc3339
 
 BUCKETS = 24
-
-
-@dataclass(frozen=True)
-class PlausibilityParams:
-    enabled: bool = True
-    window_s: float = 86400.0
-    drift_pct: float = 5.0
-    min_energy_kwh: float = 10.0
-    min_coverage: float = 0.9
-    max_gap_s: float = 900.0
-    flow_sensor: str = "return"  # the pipe the volume is measured in
-    flow_min_m3h: float = 0.02
-    swap_margin_k: float = 1.0
-    swap_after_s: float = 900.0
-    sensor_min_c: float = 0.5
-    sensor_max_c: float = 150.0
-    sensor_after_s: float = 60.0
-    stuck_after_s: float = 7200.0
-    stuck_power_span: float = 0.02
-    end_after_s: float = 300.0
 
 
 @dataclass

@@ -25,11 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from agent import limiter_override
 from agent.atomicfile import write_atomic
 from agent.config import Config, merge_remote, remote_view, validate
+from agent.ed25519 import VerifyKey
 from agent.finite import all_finite
 from agent.jws import JWSError, verify
 from agent.protocol import CHAINED_STREAMS, CMD_RESEND, COMMANDS
@@ -85,7 +83,7 @@ def peek(raw: bytes) -> dict[str, Any] | None:
 
 
 def open_message(
-    raw: bytes, keys: Mapping[str, Ed25519PublicKey], site: str, stream: str
+    raw: bytes, keys: Mapping[str, VerifyKey], site: str, stream: str
 ) -> tuple[dict[str, Any] | None, str]:
     """Verify an operator message; (envelope, "") or (None, reason)."""
     if len(raw) > MAX_MESSAGE_BYTES:
@@ -131,7 +129,7 @@ def open_message(
 def decide_config(
     raw: bytes,
     *,
-    keys: Mapping[str, Ed25519PublicKey],
+    keys: Mapping[str, VerifyKey],
     site: str,
     active_version: int,
     active: Config,
@@ -173,7 +171,7 @@ def decide_config(
 def decide_cmd(
     raw: bytes,
     *,
-    keys: Mapping[str, Ed25519PublicKey],
+    keys: Mapping[str, VerifyKey],
     site: str,
     now: float,
     seen_ids: set[str],
@@ -214,6 +212,8 @@ def decide_cmd(
         if z < a or z - a >= 100_000:
             return reject("invalid: to_seq: must be >= from_seq and span < 100000")
     if name == "limit_override":
+        from agent import limiter_override  # a limit_override command: rare
+
         _, why = limiter_override.parse(b, now)
         if why:
             return reject(why)

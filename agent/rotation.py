@@ -21,12 +21,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from agent.atomicfile import fsync_dir, write_atomic
+from agent.ed25519 import SignKey, load_private_pem, new_private_pem, public_pem
 from agent.jws import Signer, thumbprint
-from agent.keys import load_private
+from agent.keys import load_signing_key
 
 log = logging.getLogger("dh.remote")
 
@@ -34,11 +32,9 @@ ACTIVE_NAME = "agent-rotated.key"
 PENDING_NAME = "agent-rotated.key.new"
 
 
-def announcement(old_kid: str, new: Ed25519PrivateKey) -> dict[str, Any]:
+def announcement(old_kid: str, new: SignKey) -> dict[str, Any]:
     pub = new.public_key()
-    pem = pub.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    pem = public_pem(pub)
     return {
         "kind": "key_rotated",
         "old_kid": old_kid,
@@ -47,15 +43,12 @@ def announcement(old_kid: str, new: Ed25519PrivateKey) -> dict[str, Any]:
     }
 
 
-def write_pending(path: Path) -> Ed25519PrivateKey:
-    new = Ed25519PrivateKey.generate()
-    pem = new.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+def write_pending(path: Path) -> SignKey:
+    """A new key (PKCS#8 PEM, as ``dh-agent keygen`` writes it), made without
+    ``cryptography`` (see ``agent.ed25519.new_private_pem``)."""
+    pem = new_private_pem()
     write_atomic(path, pem)  # mkstemp: 0600 from the start
-    return new
+    return load_private_pem(pem)
 
 
 def switch(pending: Path, active: Path) -> None:
@@ -86,7 +79,7 @@ class Rotation:
     async def start(self, wait_s: float = 10.0) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         if self.pending.exists():  # one in progress: finish that one
-            new = await loop.run_in_executor(None, load_private, self.pending)
+            new = await loop.run_in_executor(None, load_signing_key, self.pending)
         else:
             new = await loop.run_in_executor(None, write_pending, self.pending)
         kid = thumbprint(new.public_key())
@@ -96,7 +89,9 @@ class Rotation:
     async def resume(self, wait_s: float = 30.0, every_s: float = 5.0) -> None:
         """At start-up: finish a rotation a restart interrupted (retried until done)."""
         while self.pending.exists():
-            new = await asyncio.get_running_loop().run_in_executor(None, load_private, self.pending)
+            new = await asyncio.get_running_loop().run_in_executor(
+                None, load_signing_key, self.pending
+            )
             log.warning(
                 "key rotation to %s was interrupted: completing it", thumbprint(new.public_key())
             )
@@ -104,7 +99,7 @@ class Rotation:
                 return
             await asyncio.sleep(every_s)
 
-    async def _complete(self, new: Ed25519PrivateKey, wait_s: float) -> bool:
+    async def _complete(self, new: SignKey, wait_s: float) -> bool:
         kid = thumbprint(new.public_key())
         if not await self.announced(kid):
             await self.emit(announcement(self.signer().kid, new))

@@ -11,6 +11,12 @@ actuator), ``runner_loops`` (snapshot, telemetry, maintenance, watchdog, announc
 ``runner_storage`` (degraded storage); ``runner_channel`` holds a device's channel. The
 store is synchronous and confined to one writer thread (``self.db``); nothing blocks the
 event loop.
+
+Start-up: only what the first publish needs (config, key, store, uplink) is imported and
+built before the uplink's first connection attempt; the aggregator, limiter, monitors,
+device pool, remote-command handler and devices (with the Modbus stack) follow it
+(``build_pipeline``, ``open_devices``: their imports are in those methods and in the mixins'
+methods), so they do not delay the first publish (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,26 +27,16 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent import aggregator as agg
-from agent import limiter_store
 from agent.clock import SyncClock
-from agent.commands import RemoteHandler
-from agent.config import Config
 from agent.degraded import GuardedOutbox, StorageGuard
-from agent.devices import driver_spec
 from agent.events import event_body
 from agent.jws import Signer, envelope
-from agent.keys import load_private
-from agent.limiter import LimiterState
+from agent.keys import load_signing_key
 from agent.logs import RateLimiter
-from agent.meters import MeterWatch
-from agent.monitors import MonitorParams, Monitors
 from agent.notify import Notifier
-from agent.plausibility import Plausibility
 from agent.protocol import ACTUATOR, HEAT_METER
 from agent.remote import apply_overlay
 from agent.runner_channel import Channel, record_params, to_sample
@@ -48,12 +44,21 @@ from agent.runner_limiter import LimiterMixin, limiter_params
 from agent.runner_loops import LoopsMixin, release_free_memory
 from agent.runner_pipeline import PipelineMixin
 from agent.runner_storage import StorageMixin
-from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
 from agent.uplink import MqttSettings, Uplink
-from drivers.device import Device, DevicePool
-from drivers.health import OFFLINE_AFTER, OFFLINE_AFTER_S
-from drivers.types import Clock
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from agent.commands import RemoteHandler
+    from agent.config import Config
+    from agent.limiter import LimiterParams, LimiterState
+    from agent.meters import MeterWatch
+    from agent.monitors import MonitorParams, Monitors
+    from agent.plausibility import Plausibility
+    from agent.stamping import ReadingStamper
+    from drivers.device import Device, DevicePool
+    from drivers.types import Clock
 
 __all__ = [
     "Agent",
@@ -71,6 +76,8 @@ T = TypeVar("T")
 
 
 def monitor_params(cfg: Config) -> MonitorParams:
+    from agent.monitors import MonitorParams
+
     d = cfg.delivery
     return MonitorParams(
         supply_min_c=d.supply_min_c,
@@ -101,17 +108,20 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         self.store: Store | None = None
         self.uplink: Uplink | None = None
         rotated = cfg.storage.path.parent / "agent-rotated.key"
-        self.signer = Signer(load_private(rotated if rotated.exists() else cfg.keys.agent_key))
-        self.pool = DevicePool(self.clock)
+        self.signer = Signer(load_signing_key(rotated if rotated.exists() else cfg.keys.agent_key))
+        self.pool: DevicePool  # build_pipeline
         self.channels: dict[str, Channel] = {}
         self.sample_buf: list[SampleRow] = []
         self.boot = 0
-        self.stamper = ReadingStamper()
-        self.monitors = Monitors(monitor_params(cfg))
-        self.meters = MeterWatch()  # meter identity: replacement, stored values
-        self.plausibility = Plausibility(cfg.plausibility)
-        self.lparams = limiter_params(cfg)
-        self.lstate = LimiterState.initial()
+        # built by build_pipeline, after the first connection attempt
+        self.stamper: ReadingStamper
+        self.monitors: Monitors
+        self.plausibility: Plausibility
+        self.lparams: LimiterParams
+        self.lstate: LimiterState
+        self.remote: RemoteHandler
+        self.pipeline_ready = asyncio.Event()
+        self.meters: MeterWatch  # meter identity: replacement, stored values
         self.meter: Channel | None = None  # the heat meter the limiter follows (the first)
         self.actuator: Device | None = None
         self.actuator_ch: Channel | None = None
@@ -122,10 +132,9 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         self.errlog = RateLimiter(60.0)
         self.stopping = asyncio.Event()
         self.topic = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}"
-        self.remote = RemoteHandler(self, config_version)
+        self.config_conflict = config_conflict
         self.last_records: dict[str, dict[str, Any]] = {}
         self.live_now = asyncio.Event()  # a period closed: write the snapshot now
-        self.remote.conflict = config_conflict
         self.storage = StorageGuard(
             self.call,
             lambda: Store(
@@ -202,18 +211,50 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
             on_refused=self.on_refused,
             on_event=self.emit_event,
         )
-        if self.remote.conflict:  # a local edit made the remote overlay inapplicable
+        if self.config_conflict:  # a local edit made the remote overlay inapplicable
             await self.emit_event(
                 {
                     "kind": "config_conflict",
-                    "overlay_version": self.remote.version,
-                    "reason": self.remote.conflict,
+                    "overlay_version": self.config_version,
+                    "reason": self.config_conflict,
                 }
             )
+
+    async def build_pipeline(self) -> None:
+        """The parts the first publish does not need (and their imports): after the
+        uplink's first connection attempt."""
+        from agent.commands import RemoteHandler
+        from agent.limiter import LimiterState
+        from agent.meters import MeterWatch
+        from agent.monitors import Monitors
+        from agent.plausibility import Plausibility
+        from agent.stamping import ReadingStamper
+        from drivers.device import DevicePool
+
+        self.pool = DevicePool(self.clock)
+        self.stamper = ReadingStamper()
+        self.meters = MeterWatch()
+        self.plausibility = Plausibility(self.cfg.plausibility)
+        self.monitors = Monitors(monitor_params(self.cfg))
+        self.lparams = limiter_params(self.cfg)
+        self.lstate = LimiterState.initial()
+        self.remote = RemoteHandler(self, self.config_version)
+        self.remote.conflict = self.config_conflict
+        if self.storage.store is not None:  # else on_store_open does it once the store opens
+            with contextlib.suppress(Exception):
+                await self.remote.load_seen()
+        self.pipeline_ready.set()
 
     async def open_devices(self) -> None:
         """The devices and their record channels: after the uplink's first connect, so
         start-up imports (the Modbus stack) do not delay the first publish."""
+        from agent import aggregator as agg
+        from agent import limiter_store
+        from agent.devices import driver_spec
+        from agent.limiter import LimiterState
+        from drivers.device import Device
+        from drivers.health import OFFLINE_AFTER
+
         cfg = self.cfg
         for d in cfg.devices:
             spec = driver_spec(d)
@@ -247,6 +288,7 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         )
 
     async def on_message(self, topic: str, payload: bytes) -> None:
+        await self.pipeline_ready.wait()  # a retained config/set may come with the first SUBACK
         try:
             await self.remote.handle(topic, payload)
         except Exception:  # garbage on a subscribed topic never stops the agent
@@ -255,6 +297,8 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
     def apply_config(self, cfg: Config) -> None:
         """Put a validated config in effect without a restart (remote config/set):
         limiter, monitors, records and poll rates follow from the next poll on."""
+        from drivers.health import OFFLINE_AFTER, OFFLINE_AFTER_S
+
         was_enforcing = self.lparams.enforce and self.limiting
         self.cfg = cfg
         self.lparams = self.limiter_params(cfg)
@@ -299,6 +343,7 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self.uplink.run(), name="uplink")]
                 await self.first_connect(3.0)
+                await self.build_pipeline()
                 await self.open_devices()
                 tasks += [
                     tg.create_task(self.flush_loop(), name="flush"),
@@ -338,7 +383,8 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.flush_samples()
-            await self.save_limiter()
+            if self.pipeline_ready.is_set():
+                await self.save_limiter()
         with contextlib.suppress(OSError):  # stopped: readers see "agent not running"
             self.cfg.live.path.unlink()
         if self.uplink is not None:
@@ -347,7 +393,8 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
             except Exception as e:
                 log.warning("uplink shutdown: %s", e)
         try:  # the devices' connections: bounded, so a stuck bus cannot hold the exit
-            await asyncio.wait_for(self.pool.close(), 5)
+            if self.pipeline_ready.is_set():
+                await asyncio.wait_for(self.pool.close(), 5)
         except Exception as e:
             log.warning("closing the devices: %s", e)
         if self.storage.store is not None:

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from agent import aggregator as agg
-from agent.config import Config
 from agent.protocol import HEAT_METER
-from drivers.device import AnyDevice
-from drivers.types import Reading
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from agent import aggregator as agg
+    from agent.config import Config
+    from drivers.device import AnyDevice
+    from drivers.types import Reading
 
 
 @dataclass
@@ -34,6 +38,8 @@ class Channel:
 def record_params(
     cfg: Config, name: str, role: str, rollover: Mapping[str, float], poll_s: float = 1.0
 ) -> agg.RecordParams:
+    from agent import aggregator as agg  # with the pipeline, after the first connect
+
     heat = role == HEAT_METER
     return agg.RecordParams(
         gap_s=max(10.0, 1.5 * poll_s),  # a slow meter (M-Bus, 10-60 s): a poll apart is no gap
@@ -47,6 +53,8 @@ def record_params(
 
 
 def to_sample(r: Reading, ts: float, extra: frozenset[str]) -> agg.Sample:
+    from agent import aggregator as agg
+
     vals = {k: v.value for k, v in r.values.items() if v.good and math.isfinite(v.value)}
     flags = set(extra)
     status = r.values.get("status")

@@ -7,18 +7,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from agent import limiter_override, limiter_store
-from agent.config import Config
-from agent.limiter import LimiterParams, LimiterState, MeterInput, Override
-from agent.limiter import step as limiter_step
-from agent.logs import RateLimiter
-from drivers.device import Device
-from drivers.types import Clock, Reading
-
 if TYPE_CHECKING:
     from agent.commands import RemoteHandler
+    from agent.config import Config
     from agent.degraded import StorageGuard
+    from agent.limiter import LimiterParams, LimiterState, Override
+    from agent.logs import RateLimiter
     from agent.runner_channel import Channel
+    from drivers.device import Device
+    from drivers.types import Clock, Reading
 
 log = logging.getLogger("dh.agent")
 
@@ -29,6 +26,8 @@ def limiter_params(
     rollover: dict[str, float] | None = None,
     resolution: dict[str, float] | None = None,
 ) -> LimiterParams:
+    from agent.limiter import LimiterParams  # with the pipeline, after the first connect
+
     ro, res = rollover or {}, resolution or {}
     return LimiterParams(
         flow_limit_m3h=cfg.contract.flow_limit_m3h,
@@ -76,6 +75,9 @@ class LimiterMixin:
         )
 
     async def run_limiter(self, r: Reading) -> None:
+        from agent.limiter import MeterInput
+        from agent.limiter import step as limiter_step
+
         m = MeterInput(
             t=r.ts,
             volume_m3=r.good("volume_m3"),
@@ -108,10 +110,14 @@ class LimiterMixin:
     async def save_limiter(self) -> None:
         """The limiter's state to the store (a small meta row): at a period close of its
         meter, with every sample flush, and when an override starts or ends."""
+        from agent import limiter_store
+
         await self.storage.run("limiter state", limiter_store.save, self.lstate)
 
     async def start_override(self, o: Override) -> None:
         """A timed lower limit (``limit_override``) in force, durable when this returns."""
+        from agent import limiter_override
+
         self.lstate = limiter_override.start(self.lstate, o)
         await self.save_limiter()
 

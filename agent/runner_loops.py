@@ -10,23 +10,23 @@ import contextlib
 import ctypes
 import logging
 import os
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent import snapshot
-from agent.config import Config
-from agent.degraded import StorageGuard
-from agent.limiter import LimiterParams, LimiterState
-from agent.logs import RateLimiter
-from agent.monitors import Monitors
-from agent.notify import Notifier
 from agent.store import Store
-from drivers.types import Clock
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from agent.commands import RemoteHandler
+    from agent.config import Config
+    from agent.degraded import StorageGuard
+    from agent.limiter import LimiterParams, LimiterState
+    from agent.logs import RateLimiter
+    from agent.monitors import Monitors
+    from agent.notify import Notifier
     from agent.runner_channel import Channel
     from agent.uplink import Uplink
+    from drivers.types import Clock
 
 log = logging.getLogger("dh.agent")
 T = TypeVar("T")
@@ -93,6 +93,8 @@ class LoopsMixin:
 
     def snapshot(self, backlog: Mapping[str, int] | None = None) -> dict[str, Any]:
         """The live snapshot (agent/snapshot.py) from the pipeline's state."""
+        from agent import snapshot  # loaded after the first connect (start-up time)
+
         cfg, c, up = self.cfg, self.cfg.contract, self.uplink
         return snapshot.build_snapshot(
             site=cfg.site.id,
@@ -128,6 +130,8 @@ class LoopsMixin:
 
     async def live_loop(self) -> None:
         """Write the live snapshot every ``live.every_s`` and after each closed period."""
+        from agent import snapshot
+
         path = self.cfg.live.path
         while not self.stopping.is_set():
             try:
@@ -143,6 +147,8 @@ class LoopsMixin:
                 await asyncio.wait_for(self.live_now.wait(), self.cfg.live.every_s)
 
     async def telemetry_loop(self) -> None:
+        from agent import snapshot
+
         assert self.uplink is not None
         while await self.pause(self.cfg.mqtt.telemetry_s):
             body = snapshot.telemetry_body(self.snapshot())

@@ -9,27 +9,26 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent import advice
-from agent import aggregator as agg
-from agent.config import Config
 from agent.degraded import StorageGuard, bound_pending, is_storage_error
-from agent.limiter import LimiterParams, LimiterState
-from agent.logs import RateLimiter
-from agent.meters import MeterWatch, disk_flags
-from agent.monitors import Monitors
-from agent.plausibility import Plausibility
 from agent.protocol import HEAT_METER
 from agent.runner_channel import Channel, to_sample
-from agent.stamping import ReadingStamper
 from agent.store import SampleRow, Store
-from drivers.device import Device
-from drivers.types import Clock, Reading
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from agent.config import Config
+    from agent.limiter import LimiterParams, LimiterState
+    from agent.logs import RateLimiter
+    from agent.meters import MeterWatch
+    from agent.monitors import Monitors
+    from agent.plausibility import Plausibility
+    from agent.stamping import ReadingStamper
     from agent.uplink import Uplink
+    from drivers.device import Device
+    from drivers.types import Clock, Reading
 
 log = logging.getLogger("dh.agent")
 T = TypeVar("T")
@@ -100,6 +99,8 @@ class PipelineMixin:
             ch.poll_now.set()
 
     async def on_reading(self, ch: Channel, r: Reading) -> None:
+        from agent import meters  # with the pipeline, after the first connect
+
         ch.last = r
         name, role = ch.params.device, ch.params.role
         # monitors and limiter act on the live reading, on the monotonic clock's "now"
@@ -154,7 +155,7 @@ class PipelineMixin:
                     synced=rr.synced,
                     ok=rr.ok,
                     values=dict(s.values),
-                    flags=disk_flags(s),
+                    flags=meters.disk_flags(s),
                 )
             )
         await self.close_periods(ch)
@@ -172,6 +173,8 @@ class PipelineMixin:
             return
         if st.boundary is None and math.floor(newest / p) == math.floor(ch.pending[0].ts / p):
             return
+        from agent import aggregator as agg
+
         records, new_state = agg.close_periods(st, ch.pending, ch.params)
         if not records:
             ch.state = new_state
@@ -208,6 +211,8 @@ class PipelineMixin:
     async def monthly_review(self, last: dict[str, Any]) -> None:
         """Once a month (the first record of a new month): the largest hourly flow and
         power of the last 12 months against the contract, as a `contract_review` event."""
+        from agent import advice  # once a month: not at start-up
+
         assert self.store is not None and self.meter is not None
         end = advice.record_end(last)
         month = advice.month_key(end)

@@ -4,21 +4,22 @@ samples kept in memory once it works again, and reporting the mode (``agent.degr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent import aggregator as agg
-from agent.degraded import StorageGuard
-from agent.meters import MeterWatch, restored_sample
 from agent.store import SampleRow, Store
 from agent.uplink_drain import Refusal, refusal_event_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agent.commands import RemoteHandler
     from agent.config import Config
+    from agent.degraded import StorageGuard
+    from agent.meters import MeterWatch
     from agent.runner_channel import Channel
     from agent.uplink import Outgoing, Uplink
     from drivers.types import Clock
@@ -37,6 +38,7 @@ class StorageMixin:
     clock: Clock
     cfg: Config
     meters: MeterWatch
+    pipeline_ready: asyncio.Event
 
     if TYPE_CHECKING:
 
@@ -67,11 +69,15 @@ class StorageMixin:
         self.boot = int(boot) if ok and boot is not None else store.boot() + 1
         if self.uplink is not None:
             self.uplink.boot = self.boot
-        with contextlib.suppress(Exception):
-            await self.remote.load_seen()
+        if self.pipeline_ready.is_set():  # else build_pipeline does it
+            with contextlib.suppress(Exception):
+                await self.remote.load_seen()
 
     async def load_channel(self, ch: Channel) -> bool:
         """The aggregator state and the samples after it, from the store (once)."""
+        from agent import aggregator as agg
+        from agent.meters import restored_sample
+
         name = ch.params.device
 
         def read(st: Store) -> tuple[str | None, list[SampleRow]]:

@@ -16,9 +16,12 @@ BASE = f"dh/v1/{SITE}"
 
 
 def pem(s: Signer) -> str:
-    return s.public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    key: Ed25519PrivateKey = s.key
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 class Stream:

@@ -7,24 +7,66 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-HEAVY = ("sqlite_utils", "click", "pymodbus", "rich", "amqtt")
+HEAVY = ("sqlite_utils", "click", "pymodbus", "rich", "amqtt", "cryptography")
 
 
-def loaded_after(code: str) -> set[str]:
+# what `dh-agent run` imports only after the uplink's first connection attempt
+AFTER_FIRST_CONNECT = (
+    "agent.commands",
+    "agent.rotation",
+    "agent.limiter",
+    "agent.limiter_store",
+    "agent.limiter_override",
+    "agent.monitors",
+    "agent.plausibility",
+    "agent.stamping",
+    "agent.snapshot",
+    "agent.advice",
+    "agent.aggregator",
+    "agent.meters",
+    "drivers.device",
+    "drivers.modbus",
+    "drivers.mbus_device",
+    "drivers.mbus_map",
+    "importlib.resources",
+)
+
+
+def modules_after(code: str) -> set[str]:
     probe = code + "\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))\n"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
-    return {m.split(".")[0] for m in json.loads(out.splitlines()[-1])}
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def loaded_after(code: str) -> set[str]:
+    return {m.split(".")[0] for m in modules_after(code)}
 
 
 def test_runner_imports_no_schema_modbus_or_demo_stack() -> None:
     mods = loaded_after("import agent.runner, agent.cli")
     assert not mods & set(HEAVY), mods & set(HEAVY)
+
+
+def test_first_publish_needs_no_pipeline_modules(tmp_path: Path) -> None:
+    """The runner and a Modbus-only config: none of the modules the agent builds after its
+    first connection attempt (limiter, monitors, remote commands, M-Bus ...)."""
+    from tests.support.rig import write_config
+
+    cfg = write_config(tmp_path, 1502, "mqtt://127.0.0.1:1883")
+    mods = modules_after(
+        "import agent.runner, agent.cli\nfrom agent.config import load\n"
+        f"cfg = load({str(cfg)!r})\nassert cfg.devices"
+    )
+    early = mods & set(AFTER_FIRST_CONNECT)
+    assert not early, early
+    assert "agent.runner" in mods
 
 
 def test_fresh_store_is_created_without_sqlite_utils(tmp_path: Path) -> None:
@@ -58,3 +100,52 @@ def test_clock_sync_check_spawns_no_process(monkeypatch: pytest.MonkeyPatch) -> 
     for _ in range(3):
         assert clock.kernel_synced() in (True, False)  # Linux: adjtimex answers
         assert clock.SyncClock("ntp", recheck_s=0.0).synced() in (True, False)
+
+
+def test_agent_signs_and_verifies_without_cryptography(tmp_path: Path) -> None:
+    """With a libcrypto that does Ed25519 (``agent.ed25519``), the running agent's keys,
+    signatures, operator-key checks and key rotation never import ``cryptography``
+    (about 8 MB of RSS)."""
+    from agent.ed25519 import native_lib
+    from agent.keys import keygen
+
+    if native_lib() is None:
+        pytest.skip("the loaded libcrypto has no Ed25519: the fallback is cryptography")
+    keygen(tmp_path)
+    mods = loaded_after(
+        "import asyncio\nfrom pathlib import Path\n"
+        "from agent.commands import load_operator_keys\nfrom agent.jws import Signer, verify\n"
+        "from agent.keys import load_signing_key\nfrom agent.rotation import write_pending\n"
+        f"d = Path({str(tmp_path)!r})\n"
+        "s = Signer(load_signing_key(d / 'agent.key'))\n"
+        "keys = load_operator_keys((d / 'agent.pub',))\n"
+        "assert verify(s.sign({'a': 1}), keys) == {'a': 1}\n"
+        "new = Signer(write_pending(d / 'agent-rotated.key.new'))\n"
+        "assert new.kid != s.kid"
+    )
+    assert "agent" in mods  # the probe ran
+    assert "cryptography" not in mods
+
+
+@pytest.mark.integration
+def test_running_agent_has_no_cryptography_mapped() -> None:
+    """``dh-agent run`` in its steady state (devices polled, telemetry published): no
+    file of the cryptography package is mapped into the process."""
+    from agent.ed25519 import native_lib
+    from bench.harness import Rig
+
+    if native_lib() is None:
+        pytest.skip("the loaded libcrypto has no Ed25519: the fallback is cryptography")
+    with Rig(period_s=60) as rig:
+        agent = rig.start_agent()
+        log = rig.work / "agent.log"
+        deadline = time.monotonic() + 30
+        while "dh-agent started" not in log.read_text() and time.monotonic() < deadline:
+            assert agent.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert "dh-agent started" in log.read_text(), log.read_text()
+        time.sleep(2.0)  # a few polls and signed messages
+        maps = Path(f"/proc/{agent.pid}/maps").read_text()
+        assert agent.poll() is None
+        assert "libcrypto" in maps  # the probe is right: the system library is there
+        assert "/cryptography/" not in maps
