@@ -3,7 +3,9 @@
 # mosquitto, mbpoll and chromium via apt when missing, the venv), then ruff, mypy and
 # pytest over the whole tree. Extra arguments go to pytest.
 #
-#   bash tests/run.sh           the full suite (README and CI run this)
+#   bash tests/run.sh           the full suite (README and CI run this), in parallel
+#                               pytest workers (pytest-xdist; DH_TEST_WORKERS, default 4;
+#                               0: one process): the long tests mostly wait, not compute
 #   bash tests/run.sh --fast    lint, types, unit and property tests only: pytest -m
 #                               "not slow and not integration" (docs/development.md)
 set -euo pipefail
@@ -25,5 +27,12 @@ echo "== pytest"
 if ((FAST)); then
     pytest -q -m "not slow and not integration" tests "$@"
 else
-    pytest -q tests "$@"
+    workers=${DH_TEST_WORKERS:-4}
+    parallel=()
+    # one test at a time to each worker (the long ones first: tests/conftest.py), so no
+    # worker holds a queue of long tests while another is idle
+    if ((workers > 0)); then
+        parallel=(-n "$workers" --maxschedchunk 1)
+    fi
+    pytest -q "${parallel[@]}" tests "$@"
 fi
