@@ -8,54 +8,22 @@ import contextlib
 import itertools
 import json
 import os
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.jws import b64u_decode, thumbprint, verify
-from agent.keys import load_public
-from agent.store import Store
+from agent.jws import b64u_decode
+from tests.support.disk import fill, small_disk
 from tests.support.mosquitto import Mosquitto
+from tests.support.records import stored
 from tests.support.rig import simulator, start_agent, stop, wait_until, write_config
 
 PERIOD = 5
 SITE = "test-site"
-
-
-@contextlib.contextmanager
-def small_disk(where: Path, size: str = "3m") -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Fill the filesystem to the last byte; the filler file."""
-    filler = disk / "filler"
-    with filler.open("wb", buffering=0) as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 512)
-    return filler
 
 
 class Sub:
@@ -82,17 +50,6 @@ class Sub:
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
-
-
-def records_of(db: Path, pub: Any) -> list[dict[str, Any]]:
-    st = Store(db, readonly=True)
-    try:
-        msgs = st.messages("interval", 1, 10**9)
-    finally:
-        st.close()
-    keys = {thumbprint(pub): pub}
-    assert [m.seq for m in msgs] == list(range(1, len(msgs) + 1))
-    return [verify(m.payload, keys)["body"] for m in msgs]
 
 
 def one_record_per_period(bodies: list[dict[str, Any]], device: str) -> list[str]:
@@ -140,7 +97,7 @@ def test_a_full_disk_degrades_and_recovers_without_loss(
             code = stop(p)
         text = log.read_text()
         assert code == 0, text[-3000:]
-        bodies = records_of(disk / "agent.db", load_public(tmp_path / "agent.pub"))
+        bodies = stored(tmp_path, "interval", db=disk / "agent.db", chained=True, readonly=True)
     sub.close()
     for dev in ("hm1", "dp1", "act1"):
         starts = one_record_per_period(bodies, dev)
@@ -181,7 +138,7 @@ def test_the_agent_starts_on_a_full_disk_and_on_a_corrupt_database(
             time.sleep(2 * PERIOD)
         finally:
             assert stop(p) == 0, log.read_text()[-3000:]
-        bodies = records_of(disk / "agent.db", load_public(tmp_path / "agent.pub"))
+        bodies = stored(tmp_path, "interval", db=disk / "agent.db", chained=True, readonly=True)
         for dev in ("hm1", "dp1", "act1"):
             one_record_per_period(bodies, dev)
         # a corrupt database: kept aside, a new one made, the agent runs

@@ -31,9 +31,9 @@ from agent.keys import load_public
 from agent.runner import Agent
 from agent.store import Store
 from simulator.server import SimServer
+from tests.support.disk import fill, small_disk
 from tests.support.mosquitto import Mosquitto
 from tests.support.rig import write_config
-from tests.test_faults_disk import fill, small_disk
 
 PERIOD = 5
 SITE = "test-site"
