@@ -15,10 +15,17 @@ import types
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.support.mosquitto import mosquitto, mosquitto_durable, mosquitto_tls
 
 __all__ = ["mosquitto", "mosquitto_durable", "mosquitto_tls"]
+
+# Judge by content, never by wall time: no per-example deadline (hypothesis' default is
+# 200 ms, which a busy machine or four workers on two cores can exceed in a test that
+# takes a millisecond alone). A test's own @settings still sets its other limits.
+settings.register_profile("dh", deadline=None)
+settings.load_profile("dh")
 
 BROKER_FIXTURES = frozenset({"mosquitto", "mosquitto_durable", "mosquitto_tls"})
 PROCESS_HELPERS = frozenset(
