@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
-import struct
 import sys
 import tempfile
 import time
@@ -49,31 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from agent import limiter_store
-from agent.limiter import LimiterParams, LimiterState, MeterInput, step
+from agent.limiter import LimiterState, step
 from agent.store import Store
 from simulator.plant import Plant
 from simulator.scenarios import ScenarioParams, get_scenario
-
-LIMIT = 2.5
-T0 = 1_705_276_800.0  # 2024-01-15T00:00:00Z, aligned to every period
-
-
-def f32(x: float) -> float:
-    return float(struct.unpack(">f", struct.pack(">f", x))[0])
-
-
-def reading(pl: Plant) -> MeterInput:
-    m = pl.meter.shown
-    return MeterInput(
-        t=pl.t,
-        volume_m3=math.floor(m["volume_m3"] / 0.001 + 1e-9) * 0.001,
-        energy_kwh=math.floor(m["energy_kwh"] / 0.1 + 1e-9) * 0.1,
-        flow_m3h=f32(m["flow_m3h"]),
-        power_kw=f32(m["power_kw"]),
-        valid=True,
-        position_pct=round(pl.position_pct, 1),
-        return_c=round(m["return_c"], 2),
-    )
+from tests.support.plant import LIMIT, T0, limiter_params, reading
 
 
 @dataclass
@@ -95,21 +73,6 @@ class Run:
     seconds: int = 0
 
 
-def params_for(period_s: int, sc: ScenarioParams) -> LimiterParams:
-    """The limiter configured for the plant, as an installer would (stroke time and the
-    valve's characteristic from the data sheet)."""
-    return LimiterParams(
-        flow_limit_m3h=LIMIT,
-        power_limit_kw=None,
-        period_s=period_s,
-        enforce=True,
-        refresh_s=20.0,
-        stroke_s=sc.stroke_s,
-        characteristic=sc.valve_characteristic,
-        meter_lag_s=sc.meter_lag_s,
-    )
-
-
 def simulate(
     period_s: int,
     seconds: int,
@@ -120,7 +83,7 @@ def simulate(
 ) -> Run:
     """One run. ``restart_db``: restart the limiter once an hour through that store."""
     pl = Plant("winter-peak", seed=seed, t0=T0, params=scenario)
-    p = params_for(period_s, pl.params)
+    p = limiter_params(pl.params, period_s)
     s = LimiterState.initial()
     run = Run(seconds=seconds)
     cur = Period(T0)

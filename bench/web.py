@@ -21,7 +21,6 @@ import argparse
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,38 +30,10 @@ from agent import snapshot
 from bench import store_scale
 from bench.harness import proc_rss_mb
 from drivers.types import Reading, Value
+from tests.support.web import config_text, serve
 
 DAY = 86400
 PAGES = ("/", "/plots", "/events", "/advice", "/devices", "/style.css")
-CONFIG = """[site]
-id = "{site}"
-period_s = 3600
-
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-
-[keys]
-agent_key = "agent.key"
-
-[storage]
-path = "scale.db"
-
-[live]
-path = "live.json"
-
-[contract]
-flow_limit_m3h = 2.5
-enforce = true
-{devices}"""
-DEVICE = """
-[[devices]]
-name = "{name}"
-role = "{role}"
-profile = "{profile}"
-transport = "tcp"
-port = 5020
-unit = {unit}
-"""
 DEVICES = [("hm1", "heat_meter", "sim-heat-meter"), ("dp1", "dp_sensor", "sim-dp-sensor"),
            ("act1", "actuator", "sim-actuator")]  # fmt: skip
 
@@ -95,44 +66,19 @@ def write_live(work: Path, now: float) -> None:
     snapshot.write_atomic(work / "live.json", snapshot.dumps(snap))
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise SystemExit("dh-agent serve exited")
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("dh-agent serve did not listen")
-
-
 def measure(work: Path, runs: int) -> dict[str, float]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    bin_dir = Path(sys.executable).parent
-    proc = subprocess.Popen(
-        [str(bin_dir / "dh-agent"), "serve", "--config", str(work / "agent.toml"),
-         "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(work / "serve.log").open("wb"),
-    )  # fmt: skip
-    try:
-        wait_listening(port, proc)
+    with serve(work / "agent.toml") as srv:
         first: dict[str, float] = {}
         for path in PAGES:
-            code, size, dt = get(port, path)
+            code, size, dt = get(srv.port, path)
             if code != 200:
                 raise SystemExit(f"{path}: HTTP {code}")
             first[path] = dt
             print(f"{path}: {size} bytes in {dt * 1000:.1f} ms (first)")
         time.sleep(2.0)
-        rss, hwm = proc_rss_mb(proc.pid)
-        plots = [get(port, "/plots")[2] for _ in range(runs)]
-        bare = [get(port, "/style.css")[2] for _ in range(runs)]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        rss, hwm = proc_rss_mb(srv.proc.pid)
+        plots = [get(srv.port, "/plots")[2] for _ in range(runs)]
+        bare = [get(srv.port, "/style.css")[2] for _ in range(runs)]
     plot_ms = statistics.median(plots) * 1000
     bare_ms = statistics.median(bare) * 1000
     print(f"server RSS at rest {rss:.1f} MB (peak {hwm:.1f} MB)")
@@ -164,11 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             store_scale.T0 = int(now // DAY * DAY - (days - 1) * DAY)
             n, fill_s = store_scale.fill(db, [(d, r) for d, r, _ in DEVICES], days, 300)
             print(f"stored {n} records in {fill_s:.0f} s, db {db.stat().st_size / 1e6:.1f} MB")
-        devices = "".join(
-            DEVICE.format(name=n, role=r, profile=p, unit=i + 1)
-            for i, (n, r, p) in enumerate(DEVICES)
-        )
-        (work / "agent.toml").write_text(CONFIG.format(site=store_scale.SITE, devices=devices))
+        config = config_text(store_scale.SITE, storage="scale.db")  # the pages' tests' site
+        (work / "agent.toml").write_text(config)
         write_live(work, now)
         result = measure(work, args.runs)
     print(json.dumps({**result, "years": args.years}))

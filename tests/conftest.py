@@ -10,14 +10,22 @@ processes leaves the fast lane by itself; mark anything else long ``slow``.
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.support.mosquitto import mosquitto, mosquitto_durable, mosquitto_tls
 
 __all__ = ["mosquitto", "mosquitto_durable", "mosquitto_tls"]
+
+# Judge by content, never by wall time: no per-example deadline (hypothesis' default is
+# 200 ms, which a busy machine or four workers on two cores can exceed in a test that
+# takes a millisecond alone). A test's own @settings still sets its other limits.
+settings.register_profile("dh", deadline=None)
+settings.load_profile("dh")
 
 BROKER_FIXTURES = frozenset({"mosquitto", "mosquitto_durable", "mosquitto_tls"})
 PROCESS_HELPERS = frozenset(
@@ -26,6 +34,7 @@ PROCESS_HELPERS = frozenset(
         "Collector",  # tests.support.uplink_kit: a paho subscriber
         "simulator",  # tests.support.rig: dh-sim as a process
         "start_agent",  # tests.support.rig: dh-agent run as a process
+        "run_scaled",  # tests.support.scaled: the simulator and the agent in process
         "SimServer",  # the simulator's Modbus servers in process
         "Popen",  # any long-lived child process
     }
@@ -70,3 +79,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             and uses_processes(item)
         ):
             item.add_marker(pytest.mark.integration)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # In parallel workers (``pytest -n``): the long tests first, so that no worker
+        # starts a minutes-long test when the others are already done. A stable sort
+        # keeps the order within each group, and every worker sorts alike.
+        items.sort(key=_lane_rank)
+
+
+def _lane_rank(item: pytest.Item) -> int:
+    if item.get_closest_marker("slow") is not None:
+        return 0
+    return 1 if item.get_closest_marker("integration") is not None else 2

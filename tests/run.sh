@@ -6,6 +6,9 @@
 #   bash tests/run.sh           the full suite (README and CI run this)
 #   bash tests/run.sh --fast    lint, types, unit and property tests only: pytest -m
 #                               "not slow and not integration" (docs/development.md)
+#
+# Both in parallel pytest workers (pytest-xdist; DH_TEST_WORKERS, default 4, more than
+# the cores on purpose: most long tests wait rather than compute; 0: one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FAST=0
@@ -22,8 +25,15 @@ ruff format --check "${SRC[@]}"
 echo "== mypy"
 mypy "${SRC[@]}"
 echo "== pytest"
+workers=${DH_TEST_WORKERS:-4}
+parallel=()
+if ((workers > 0)); then
+    # one test at a time to each worker (the long ones first: tests/conftest.py), so no
+    # worker holds a queue of long tests while another is idle
+    parallel=(-n "$workers" --maxschedchunk 1)
+fi
 if ((FAST)); then
-    pytest -q -m "not slow and not integration" tests "$@"
+    pytest -q "${parallel[@]}" -m "not slow and not integration" tests "$@"
 else
-    pytest -q tests "$@"
+    pytest -q "${parallel[@]}" tests "$@"
 fi

@@ -10,42 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load, merge_remote, parse_text, remote_view, validate
-
-GOOD = """
-[site]
-id = "sub-000123"
-period_s = 900
-
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-
-[keys]
-agent_key = "agent.key"
-operator_pubkeys = ["operator.pub"]
-
-[storage]
-path = "agent.db"
-
-[contract]
-flow_limit_m3h = 2.5
-enforce = true
-
-[[devices]]
-name = "hm1"
-role = "heat_meter"
-profile = "sim-heat-meter"
-transport = "tcp"
-port = 5020
-unit = 1
-
-[[devices]]
-name = "act1"
-role = "actuator"
-profile = "sim-actuator"
-transport = "tcp"
-port = 5020
-unit = 3
-"""
+from tests.support.configs import GOOD
 
 
 def test_good_config_resolves_paths(tmp_path: Path) -> None:

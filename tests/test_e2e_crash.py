@@ -4,57 +4,17 @@ exact and linked, and match the simulator's truth log."""
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import os
 import random
 import signal
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from agent.jws import chain_hash, thumbprint, verify
-from agent.keys import load_public
-from agent.store import Store
+from tests.support.records import stored, truth_at, ts_of
 from tests.support.rig import free_port, simulator, start_agent, stop, write_config
 
 PERIOD = 5
-
-
-def ts_of(s: str) -> float:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-
-
-def truth_at(truth: list[dict[str, Any]], t: float, key: str) -> float:
-    ts = [x["t"] for x in truth]
-    i = bisect.bisect_left(ts, t)
-    if i < len(ts) and ts[i] == t:
-        return float(truth[i][key])
-    assert 0 < i < len(ts), f"{t} outside the truth log"
-    a, b = truth[i - 1], truth[i]
-    return float(a[key] + (b[key] - a[key]) * (t - a["t"]) / (b["t"] - a["t"]))
-
-
-def stored_records(tmp: Path) -> list[dict[str, Any]]:
-    """Every stored interval message: seq 1..N, chained, verified; their bodies."""
-    store = Store(tmp / "agent.db")
-    try:
-        msgs = store.messages("interval", 1, 10**9)
-    finally:
-        store.close()
-    pub = load_public(tmp / "agent.pub")
-    keys = {thumbprint(pub): pub}
-    assert [m.seq for m in msgs] == list(range(1, len(msgs) + 1)), "seq gap or repeat"
-    bodies = []
-    prev = None
-    for m in msgs:
-        env = verify(m.payload, keys)
-        assert env["seq"] == m.seq
-        assert env["prev"] == (chain_hash(prev) if prev else None)
-        prev = m.payload
-        bodies.append(env["body"])
-    return bodies
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -75,7 +35,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
         time.sleep(3 * PERIOD)
         assert stop(p) == 0, log.read_text()[-3000:]
         truth = sim.truth_lines()
-    bodies = stored_records(tmp_path)
+    bodies = stored(tmp_path, "interval", chained=True)
     for dev in ("hm1", "dp1", "act1"):
         recs = [b for b in bodies if b["device"] == dev]
         starts = [ts_of(r["start"]) for r in recs]

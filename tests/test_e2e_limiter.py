@@ -5,89 +5,18 @@ low-dp events, read back from the agent's store."""
 from __future__ import annotations
 
 import asyncio
-import math
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.config import load
-from agent.jws import thumbprint, verify
-from agent.keys import load_public
-from agent.runner import Agent
-from agent.store import Store
-from simulator.server import SimServer
-from tests.support.rig import (
-    ScaledClock,
-    free_port,
-    simulator,
-    start_agent,
-    wait_until,
-    write_config,
-)
+from tests.support.records import stored, truth_flow_avg, truth_lines, ts_of
+from tests.support.rig import free_port, simulator, start_agent, wait_until, write_config
+from tests.support.scaled import run_scaled
 
 LIMIT = 2.5
-SPEED = 20.0
-
-
-def ts_of(s: str) -> float:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-
-
-def stream(tmp: Path, name: str) -> list[dict[str, Any]]:
-    st = Store(tmp / "agent.db")
-    try:
-        msgs = st.messages(name, 1, 10**9)
-    finally:
-        st.close()
-    pub = load_public(tmp / "agent.pub")
-    keys = {thumbprint(pub): pub}
-    return [verify(m.payload, keys)["body"] for m in msgs]
-
-
-async def run_rig(
-    tmp: Path,
-    scenario: str,
-    sim_seconds: float,
-    period_s: int,
-    contract: str,
-    extra: str = "",
-    until: Callable[[SimServer], bool] | None = None,
-) -> list[dict[str, Any]]:
-    """Run sim + agent for `sim_seconds` of simulated time; return the truth lines."""
-    t0 = math.floor(time.time() / period_s) * period_s + period_s - 0.5 * period_s
-    clock = ScaledClock(SPEED, t0)
-    truth = tmp / "truth.jsonl"
-    async with SimServer(scenario, seed=1, truth_path=str(truth), clock=clock) as sim:
-        assert sim.tcp_address is not None
-        cfg = load(
-            write_config(
-                tmp,
-                sim.tcp_address[1],
-                f"mqtt://127.0.0.1:{free_port()}",
-                period_s,
-                contract,
-                extra,
-            )
-        )
-        # poll as fast as the loop goes (the scaled monotonic clock runs SPEED times faster
-        # than the sleeps: about 4 polls per simulated second), below check-config's floor
-        cfg = replace(cfg, devices=tuple(replace(d, poll_s=1.0 / SPEED) for d in cfg.devices))
-        agent = Agent(cfg, clock=clock)
-        task = asyncio.create_task(agent.run())
-        end = time.monotonic() + sim_seconds / SPEED
-        while time.monotonic() < end and not task.done():
-            await asyncio.sleep(0.2)
-        agent.stopping.set()
-        await asyncio.wait_for(task, 30)
-    import json
-
-    return [json.loads(x) for x in truth.read_text().splitlines() if x.strip()]
 
 
 def full_periods(recs: list[dict[str, Any]], device: str) -> list[dict[str, Any]]:
@@ -96,17 +25,11 @@ def full_periods(recs: list[dict[str, Any]], device: str) -> list[dict[str, Any]
     return out[1:]
 
 
-def truth_flow_avg(truth: list[dict[str, Any]], start: float, end: float) -> float:
-    by_t = {round(x["t"]): x for x in truth}
-    a, b = by_t[round(start)], by_t[round(end)]
-    return float((b["volume_m3"] - a["volume_m3"]) / ((end - start) / 3600))
-
-
 @pytest.mark.parametrize("enforce", [True, False])
 def test_winter_peak_is_held_at_the_contract(tmp_path: Path, enforce: bool) -> None:
     period = 60
     truth = asyncio.run(
-        run_rig(
+        run_scaled(
             tmp_path,
             "winter-peak",
             6 * period,
@@ -114,9 +37,9 @@ def test_winter_peak_is_held_at_the_contract(tmp_path: Path, enforce: bool) -> N
             f"flow_limit_m3h = {LIMIT}\nenforce = {'true' if enforce else 'false'}\n",
         )
     )
-    recs = full_periods(stream(tmp_path, "interval"), "hm1")
+    recs = full_periods(stored(tmp_path, "interval"), "hm1")
     assert len(recs) >= 4
-    events = stream(tmp_path, "event")
+    events = stored(tmp_path, "event")
     kinds = [e["kind"] for e in events]
     for r in recs:
         s, e = ts_of(r["start"]), ts_of(r["end"])
@@ -138,7 +61,7 @@ def test_winter_peak_is_held_at_the_contract(tmp_path: Path, enforce: bool) -> N
 
 def test_outage_makes_one_start_and_one_end_event(tmp_path: Path) -> None:
     asyncio.run(
-        run_rig(
+        run_scaled(
             tmp_path,
             "outage",
             120,
@@ -147,13 +70,11 @@ def test_outage_makes_one_start_and_one_end_event(tmp_path: Path) -> None:
             "[delivery]\ndebounce_s = 3\n",
         )
     )
-    events = stream(tmp_path, "event")
+    events = stored(tmp_path, "event")
     starts = [e for e in events if e["kind"] == "heat_outage_start"]
     ends = [e for e in events if e["kind"] == "heat_outage_end"]
     assert len(starts) == 1 and len(ends) == 1, [e["kind"] for e in events]
-    truth = [
-        __import__("json").loads(x) for x in (tmp_path / "truth.jsonl").read_text().splitlines()
-    ]
+    truth = truth_lines(tmp_path / "truth.jsonl")
     cold = [x["t"] for x in truth if x["supply_c"] < 40.0]
     true_duration = cold[-1] - cold[0] + 1
     # two poll intervals of the simulated clock (1 s each)
@@ -162,11 +83,11 @@ def test_outage_makes_one_start_and_one_end_event(tmp_path: Path) -> None:
 
 def test_low_dp_makes_a_dp_low_event(tmp_path: Path) -> None:
     asyncio.run(
-        run_rig(tmp_path, "low-dp", 90, 60, "enforce = false\n", "[delivery]\ndebounce_s = 3\n")
+        run_scaled(tmp_path, "low-dp", 90, 60, "enforce = false\n", "[delivery]\ndebounce_s = 3\n")
     )
-    kinds = [e["kind"] for e in stream(tmp_path, "event")]
+    kinds = [e["kind"] for e in stored(tmp_path, "event")]
     assert kinds.count("dp_low") == 1, kinds
-    dp = [r for r in stream(tmp_path, "interval") if r["device"] == "dp1"]
+    dp = [r for r in stored(tmp_path, "interval") if r["device"] == "dp1"]
     assert dp and dp[-1]["dp_min_kpa"] < 60.0
 
 

@@ -24,8 +24,8 @@ from agent.jws import Signer, thumbprint, verify
 from agent.keys import load_private, load_public
 from agent.operator import cmd_message
 from tests.support.mosquitto import Mosquitto
+from tests.support.records import stored, ts_of
 from tests.support.rig import BIN, simulator, start_agent, stop, wait_until, write_config
-from tests.test_e2e_limiter import stream, ts_of
 
 SITE = "test-site"
 BASE = f"dh/v1/{SITE}"
@@ -166,7 +166,7 @@ def test_limit_override_applied_survives_restart_expires_and_rejections(
         truth = sim.truth_lines()
     assert code == 0
     assert "limiter state restored" in log.read_text()
-    events = stream(tmp_path, "event")
+    events = stored(tmp_path, "event")
     starts = [e for e in events if e["kind"] == "limit_override_start"]
     ends = [e for e in events if e["kind"] == "limit_override_end"]
     assert len(starts) == 1 and starts[0]["flow_limit_m3h"] == 1.5, starts

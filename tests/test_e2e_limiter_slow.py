@@ -1,68 +1,24 @@
 """End to end for the limiter on real hardware's terms: the simulator over Modbus TCP
 with a slow actuator and a slowly refreshing meter, the agent's whole pipeline, a real
-Mosquitto. In-process on a shared scaled clock (as tests/test_e2e_limiter.py) where only
+Mosquitto. In-process on a shared scaled clock (tests/support/scaled.py) where only
 simulated time matters; real processes where the agent is killed."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import signal
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from agent.config import load
-from agent.runner import Agent
-from simulator.scenarios import get_scenario
-from simulator.server import SimServer
 from tests.support.mosquitto import Mosquitto
-from tests.support.rig import (
-    ScaledClock,
-    simulator,
-    start_agent,
-    stop,
-    wait_until,
-    write_config,
-)
-from tests.test_e2e_limiter import stream, truth_flow_avg, ts_of
+from tests.support.records import stored, truth_flow_avg, ts_of
+from tests.support.rig import simulator, start_agent, stop, wait_until, write_config
+from tests.support.scaled import run_scaled
 
 LIMIT = 2.5
-SPEED = 20.0
-
-
-async def run_scaled(
-    tmp: Path,
-    broker: Mosquitto,
-    scenario: str,
-    sim_seconds: float,
-    period_s: int,
-    contract: str,
-    extra: str = "",
-    **plant: Any,
-) -> list[dict[str, Any]]:
-    t0 = math.floor(time.time() / period_s) * period_s + period_s - 0.5 * period_s
-    clock = ScaledClock(SPEED, t0)
-    truth = tmp / "truth.jsonl"
-    params = replace(get_scenario(scenario), **plant)
-    async with SimServer(
-        scenario, seed=1, truth_path=str(truth), clock=clock, params=params
-    ) as sim:
-        assert sim.tcp_address is not None
-        cfg = load(write_config(tmp, sim.tcp_address[1], broker.url, period_s, contract, extra))
-        cfg = replace(cfg, devices=tuple(replace(d, poll_s=1.0 / SPEED) for d in cfg.devices))
-        agent = Agent(cfg, clock=clock)
-        task = asyncio.create_task(agent.run())
-        end = time.monotonic() + sim_seconds / SPEED
-        while time.monotonic() < end and not task.done():
-            await asyncio.sleep(0.2)
-        agent.stopping.set()
-        await asyncio.wait_for(task, 30)
-    return [json.loads(x) for x in truth.read_text().splitlines() if x.strip()]
 
 
 @pytest.mark.slow
@@ -76,15 +32,15 @@ def test_slow_actuator_holds_the_limit_in_every_full_period(
     truth = asyncio.run(
         run_scaled(
             tmp_path,
-            mosquitto,
             "winter-peak-slow",
             5 * period,
             period,
             f"flow_limit_m3h = {LIMIT}\nenforce = true\n",
             '[limiter]\nstroke_s = 90\nvalve_characteristic = "equal-percentage"\n',
+            mqtt_url=mosquitto.url,
         )
     )
-    recs = [r for r in stream(tmp_path, "interval") if r["device"] == "hm1"][1:]
+    recs = [r for r in stored(tmp_path, "interval") if r["device"] == "hm1"][1:]
     assert len(recs) >= 3, recs
     for r in recs:
         avg = truth_flow_avg(truth, ts_of(r["start"]), ts_of(r["end"]))
@@ -93,7 +49,7 @@ def test_slow_actuator_holds_the_limit_in_every_full_period(
     # the valve really was slow: the stroke limit lagged the written limit
     lag = [x for x in truth if abs(x["stroke_limit_pct"] - x["valve_limit_pct"]) > 2.0]
     assert lag, "the actuator never travelled"
-    kinds = [e["kind"] for e in stream(tmp_path, "event")]
+    kinds = [e["kind"] for e in stored(tmp_path, "event")]
     assert "flow_limit_enforced" in kinds
     assert not [k for k in kinds if k == "flow_limit_exceeded"][1:], kinds  # the first at most
 
@@ -107,15 +63,15 @@ def test_return_limit_engages_and_releases(tmp_path: Path, mosquitto: Mosquitto)
     truth = asyncio.run(
         run_scaled(
             tmp_path,
-            mosquitto,
             "return-high",
             600,
             60,
             f"flow_limit_m3h = {LIMIT}\nenforce = true\n",
             '[limiter]\nreturn_max_c = 50\nvalve_characteristic = "linear"\n',
+            mqtt_url=mosquitto.url,
         )
     )
-    events = stream(tmp_path, "event")
+    events = stored(tmp_path, "event")
     kinds = [e["kind"] for e in events]
     assert kinds.count("return_limit_engaged") == 1, kinds
     assert kinds.count("return_limit_released") == 1, kinds

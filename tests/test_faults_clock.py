@@ -9,16 +9,13 @@ import itertools
 import math
 import time
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agent.config import load
-from agent.jws import thumbprint, verify
-from agent.keys import load_public
 from agent.runner import Agent
-from agent.store import Store
 from simulator.server import SimServer
+from tests.support.records import stored, ts_of
 from tests.support.rig import ScaledClock, free_port, write_config
 
 SPEED = 10.0
@@ -40,20 +37,6 @@ class SteppedClock:
 
     def synced(self) -> bool:
         return True
-
-
-def ts_of(s: str) -> float:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-
-
-def stored(tmp: Path, stream: str) -> list[dict[str, Any]]:
-    st = Store(tmp / "agent.db")
-    try:
-        msgs = st.messages(stream, 1, 10**9)
-    finally:
-        st.close()
-    pub = load_public(tmp / "agent.pub")
-    return [verify(m.payload, {thumbprint(pub): pub})["body"] for m in msgs]
 
 
 async def run_agent(cfg: Any, clock: Any, sim_seconds: float, during: Any = None) -> None:

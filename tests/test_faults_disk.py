@@ -6,93 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-
-from agent.jws import b64u_decode, thumbprint, verify
-from agent.keys import load_public
-from agent.store import Store
+from tests.support.disk import fill, small_disk
 from tests.support.mosquitto import Mosquitto
+from tests.support.records import stored
 from tests.support.rig import simulator, start_agent, stop, wait_until, write_config
+from tests.support.uplink_kit import Collector
 
 PERIOD = 5
 SITE = "test-site"
-
-
-@contextlib.contextmanager
-def small_disk(where: Path, size: str = "3m") -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Fill the filesystem to the last byte; the filler file."""
-    filler = disk / "filler"
-    with filler.open("wb", buffering=0) as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 512)
-    return filler
-
-
-class Sub:
-    """Everything of the site, decoded: (subtopic, envelope)."""
-
-    def __init__(self, port: int) -> None:
-        self.lock = threading.Lock()
-        self.got: list[tuple[str, bytes]] = []
-        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id="sub", clean_session=False)
-        self.c.on_connect = lambda c, *a: c.subscribe(f"dh/v1/{SITE}/#", qos=1)
-        self.c.on_message = self._on
-        self.c.connect("127.0.0.1", port, 10)
-        self.c.loop_start()
-
-    def _on(self, c: Any, u: Any, m: paho.MQTTMessage) -> None:
-        with self.lock:
-            self.got.append((m.topic.split("/", 3)[3], bytes(m.payload)))
-
-    def envs(self, sub: str) -> list[dict[str, Any]]:
-        with self.lock:
-            raw = [p for t, p in self.got if t == sub]
-        return [json.loads(b64u_decode(p.split(b".")[1].decode())) for p in raw]
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
-
-
-def records_of(db: Path, pub: Any) -> list[dict[str, Any]]:
-    st = Store(db, readonly=True)
-    try:
-        msgs = st.messages("interval", 1, 10**9)
-    finally:
-        st.close()
-    keys = {thumbprint(pub): pub}
-    assert [m.seq for m in msgs] == list(range(1, len(msgs) + 1))
-    return [verify(m.payload, keys)["body"] for m in msgs]
 
 
 def one_record_per_period(bodies: list[dict[str, Any]], device: str) -> list[str]:
@@ -107,31 +33,31 @@ def one_record_per_period(bodies: list[dict[str, Any]], device: str) -> list[str
 def test_a_full_disk_degrades_and_recovers_without_loss(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    sub = Sub(mosquitto.port)
+    sub = Collector(mosquitto.port, client_id="sub", base=f"dh/v1/{SITE}")
     with small_disk(tmp_path / "disk") as disk, simulator(tmp_path, "steady") as sim:
         cfg = write_config(tmp_path, sim.port, mosquitto.url, PERIOD)
         cfg.write_text(cfg.read_text().replace('path = "agent.db"', 'path = "disk/agent.db"'))
         log = tmp_path / "agent.log"
         p = start_agent(cfg, log)
         try:
-            assert wait_until(lambda: len(sub.envs("interval")) >= 6, 60), log.read_text()
+            assert wait_until(lambda: len(sub.envelopes("interval")) >= 6, 60), log.read_text()
             filler = fill(disk)
             t_full = time.monotonic()
             # degraded: still polling and publishing telemetry that says so
             assert wait_until(
                 lambda: any(
-                    e["body"].get("storage", {}).get("degraded") for e in sub.envs("telemetry")
+                    e["body"].get("storage", {}).get("degraded") for e in sub.envelopes("telemetry")
                 ),
                 40,
             ), log.read_text()[-3000:]
-            n_tel = len(sub.envs("telemetry"))
+            n_tel = len(sub.envelopes("telemetry"))
             time.sleep(3 * PERIOD)
             assert p.poll() is None, log.read_text()[-3000:]
-            assert len(sub.envs("telemetry")) > n_tel, "telemetry stopped"
+            assert len(sub.envelopes("telemetry")) > n_tel, "telemetry stopped"
             filler.unlink()
             assert wait_until(
                 lambda: any(e["body"].get("kind") == "storage_recovered"
-                            for e in sub.envs("event")),
+                            for e in sub.envelopes("event")),
                 60,
             ), log.read_text()[-3000:]  # fmt: skip
             degraded_s = time.monotonic() - t_full
@@ -140,15 +66,15 @@ def test_a_full_disk_degrades_and_recovers_without_loss(
             code = stop(p)
         text = log.read_text()
         assert code == 0, text[-3000:]
-        bodies = records_of(disk / "agent.db", load_public(tmp_path / "agent.pub"))
+        bodies = stored(tmp_path, "interval", db=disk / "agent.db", chained=True, readonly=True)
     sub.close()
     for dev in ("hm1", "dp1", "act1"):
         starts = one_record_per_period(bodies, dev)
         assert len(starts) >= degraded_s / PERIOD, (dev, len(starts), degraded_s)
-    kinds = [e["body"]["kind"] for e in sub.envs("event")]
+    kinds = [e["body"]["kind"] for e in sub.envelopes("event")]
     assert "storage_degraded" in kinds and "storage_recovered" in kinds
     # nothing was re-published over and over (the old drain: hundreds of times each)
-    seqs = [e["seq"] for e in sub.envs("interval")]
+    seqs = [e["seq"] for e in sub.envelopes("interval")]
     assert max(seqs.count(s) for s in set(seqs)) <= 2
     assert text.count("Traceback") <= 2, text[-3000:]
     assert text.count("degraded mode") == 1
@@ -159,29 +85,29 @@ def test_the_agent_starts_on_a_full_disk_and_on_a_corrupt_database(
 ) -> None:
     """Start-up with the disk full (the database cannot even be opened): polling and
     telemetry run, records follow once space returns. A corrupt file is kept aside."""
-    sub = Sub(mosquitto.port)
+    sub = Collector(mosquitto.port, client_id="sub", base=f"dh/v1/{SITE}")
     with small_disk(tmp_path / "disk") as disk, simulator(tmp_path, "steady") as sim:
         cfg = write_config(tmp_path, sim.port, mosquitto.url, PERIOD)
         cfg.write_text(cfg.read_text().replace('path = "agent.db"', 'path = "disk/agent.db"'))
         log = tmp_path / "agent.log"
         p = start_agent(cfg, log)
-        assert wait_until(lambda: len(sub.envs("interval")) >= 3, 60), log.read_text()
+        assert wait_until(lambda: len(sub.envelopes("interval")) >= 3, 60), log.read_text()
         assert stop(p) == 0
         filler = fill(disk)
         p = start_agent(cfg, log)
         try:
-            assert wait_until(lambda: len(sub.envs("telemetry")) >= 8, 60), log.read_text()
+            assert wait_until(lambda: len(sub.envelopes("telemetry")) >= 8, 60), log.read_text()
             assert p.poll() is None
             filler.unlink()
             assert wait_until(
                 lambda: any(e["body"].get("kind") == "storage_recovered"
-                            for e in sub.envs("event")),
+                            for e in sub.envelopes("event")),
                 60,
             ), log.read_text()[-3000:]  # fmt: skip
             time.sleep(2 * PERIOD)
         finally:
             assert stop(p) == 0, log.read_text()[-3000:]
-        bodies = records_of(disk / "agent.db", load_public(tmp_path / "agent.pub"))
+        bodies = stored(tmp_path, "interval", db=disk / "agent.db", chained=True, readonly=True)
         for dev in ("hm1", "dp1", "act1"):
             one_record_per_period(bodies, dev)
         # a corrupt database: kept aside, a new one made, the agent runs
@@ -194,7 +120,7 @@ def test_the_agent_starts_on_a_full_disk_and_on_a_corrupt_database(
         try:
             assert wait_until(
                 lambda: any(e["body"].get("kind") == "storage_replaced"
-                            for e in sub.envs("event")),
+                            for e in sub.envelopes("event")),
                 60,
             ), log.read_text()[-3000:]  # fmt: skip
         finally:

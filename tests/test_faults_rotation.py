@@ -16,7 +16,7 @@ from agent.runner import Agent
 from agent.store import Store
 from agent.verify import Checker
 from tests.support.mosquitto import Mosquitto
-from tests.test_remote_e2e import BASE, SITE, rig
+from tests.support.remote_rig import BASE, SITE, rig
 
 
 def stored_in_order(db: Path) -> list[tuple[str, bytes]]:

@@ -5,52 +5,19 @@ through a real store."""
 from __future__ import annotations
 
 import dataclasses
-import math
-import struct
 from pathlib import Path
 from typing import Any
 
 from agent import limiter_store
-from agent.limiter import Action, LimiterParams, LimiterState, MeterInput, Override, step
+from agent.limiter import Action, LimiterParams, LimiterState, Override, step
 from agent.store import Store
 from simulator.plant import Plant
 from simulator.scenarios import get_scenario
-
-T0 = 1_705_276_800.0  # aligned to every period
-LIMIT = 2.5
-
-
-def f32(x: float) -> float:
-    return float(struct.unpack(">f", struct.pack(">f", x))[0])
-
-
-def reading(pl: Plant) -> MeterInput:
-    m = pl.meter.shown
-    return MeterInput(
-        t=pl.t,
-        volume_m3=math.floor(m["volume_m3"] / 0.001 + 1e-9) * 0.001,
-        energy_kwh=math.floor(m["energy_kwh"] / 0.1 + 1e-9) * 0.1,
-        flow_m3h=f32(m["flow_m3h"]),
-        power_kw=f32(m["power_kw"]),
-        valid=True,
-        position_pct=round(pl.position_pct, 1),
-        return_c=round(m["return_c"], 2),
-    )
+from tests.support.plant import LIMIT, T0, limiter_params, reading
 
 
 def params(sc: str, period_s: int = 600, **kw: Any) -> LimiterParams:
-    p = get_scenario(sc)
-    base = LimiterParams(
-        flow_limit_m3h=LIMIT,
-        power_limit_kw=None,
-        period_s=period_s,
-        enforce=True,
-        refresh_s=20.0,
-        stroke_s=p.stroke_s,
-        characteristic=p.valve_characteristic,
-        meter_lag_s=p.meter_lag_s,
-    )
-    return dataclasses.replace(base, **kw)
+    return dataclasses.replace(limiter_params(get_scenario(sc), period_s), **kw)
 
 
 class Loop:

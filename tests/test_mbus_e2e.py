@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from agent.config import load
-from agent.jws import chain_hash, thumbprint, verify
-from agent.keys import keygen, load_public
+from agent.keys import keygen
 from agent.runner import Agent
 from agent.store import Store
 from drivers.clock_sys import SystemClock
@@ -28,8 +27,8 @@ from drivers.mbus_device import MbusDevice
 from simulator.scenarios import get_scenario
 from simulator.server import SimServer
 from tests.support.mosquitto import Mosquitto
+from tests.support.records import stored, truth_at, truth_lines, ts_of
 from tests.support.rig import BIN, start_agent, stop, wait_until
-from tests.test_e2e_crash import truth_at, ts_of
 
 PERIOD = 5
 OLD_ID, NEW_ID = "68135802", "68136913"  # simulator.mbus: the swap adds 1111
@@ -70,35 +69,6 @@ def write_config(tmp: Path, port: str, mqtt_url: str, poll_s: float = 2.0) -> Pa
         "timeout_s = 0.5\n"
     )
     return cfg
-
-
-def stored(tmp: Path, stream: str) -> list[dict[str, Any]]:
-    """Every stored message of a stream: seq 1..N, chained, verified; their bodies with seq."""
-    st = Store(tmp / "agent.db")
-    try:
-        msgs = st.messages(stream, 1, 10**9)
-    finally:
-        st.close()
-    pub = load_public(tmp / "agent.pub")
-    keys = {thumbprint(pub): pub}
-    assert [m.seq for m in msgs] == list(range(1, len(msgs) + 1))
-    out, prev = [], None
-    for m in msgs:
-        env = verify(m.payload, keys)
-        assert env["prev"] == (chain_hash(prev) if prev else None)
-        prev = m.payload
-        out.append({**env["body"], "_seq": m.seq})
-    return out
-
-
-def truth_lines(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def run_agent_with_verify(
@@ -148,7 +118,8 @@ def test_winter_peak_over_mbus_matches_the_truth_signed_and_published(
     with mbus_sim(tmp_path, "winter-peak") as (port, truth_file):
         published = run_agent_with_verify(tmp_path, mosquitto, port, 50, 6)
         truth = truth_lines(truth_file)
-    recs = [r for r in stored(tmp_path, "interval") if r["device"] == "hm1"]
+    chain = stored(tmp_path, "interval", chained=True)  # seq 1..N: a record's seq is its place
+    recs = [{**r, "_seq": seq} for seq, r in enumerate(chain, 1) if r["device"] == "hm1"]
     assert len(recs) >= 5, len(recs)
     for a, b in itertools.pairwise(recs):
         assert ts_of(b["start"]) - ts_of(a["start"]) == PERIOD
@@ -176,7 +147,7 @@ def test_winter_peak_over_mbus_matches_the_truth_signed_and_published(
     # every stored record was published and verified by the head-end
     seen = {p["seq"] for p in published if p.get("stream") == "interval" and p["ok"]}
     assert {r["_seq"] for r in recs} <= seen
-    events = stored(tmp_path, "event")
+    events = stored(tmp_path, "event", chained=True)
     sv = [e for e in events if e["kind"] == "meter_stored_values"]
     assert len(sv) == 1 and sv[0]["meter_id"] == OLD_ID  # once after the start, unchanged since
     assert {s["quantity"] for s in sv[0]["stored"]} >= {"energy", "volume", "date"}
@@ -189,14 +160,14 @@ def test_meter_swap_gives_one_meter_replaced_and_two_conserved_series(
     with mbus_sim(tmp_path, "meter-swap", "--meter-swap-after-s", "16") as (port, truth_file):
         run_agent_with_verify(tmp_path, mosquitto, port, 55, 8)
         truth = truth_lines(truth_file)
-    events = stored(tmp_path, "event")
+    events = stored(tmp_path, "event", chained=True)
     swaps = [e for e in events if e["kind"] == "meter_replaced"]
     assert len(swaps) == 1, [e["kind"] for e in events]
     ev = swaps[0]
     assert (ev["old_meter_id"], ev["new_meter_id"]) == (OLD_ID, NEW_ID)
     assert ev["old_energy_kwh"] > 1000 and ev["new_energy_kwh"] < 10  # near zero, restarted
     assert ev["new_volume_m3"] < 1
-    recs = [r for r in stored(tmp_path, "interval") if r["device"] == "hm1"]
+    recs = [r for r in stored(tmp_path, "interval", chained=True) if r["device"] == "hm1"]
     assert not any("counter_reset" in r["flags"] for r in recs)
     assert all(r["energy_kwh"] >= 0 and r["volume_m3"] >= 0 for r in recs)
     flagged = [i for i, r in enumerate(recs) if "meter_replaced" in r["flags"]]
@@ -247,7 +218,7 @@ def test_faults_are_counted_failures_and_no_crash(tmp_path: Path, mosquitto: Mos
     assert counters["checksum_errors"] == faults.get("mbus_bad_checksum", 0)
     assert counters["bad_frames"] == faults.get("mbus_cut_short", 0)
     assert counters["polls"] >= 20
-    recs = [r for r in stored(tmp_path, "interval") if r["device"] == "hm1"]
+    recs = [r for r in stored(tmp_path, "interval", chained=True) if r["device"] == "hm1"]
     assert len(recs) >= 3
     for a, b in itertools.pairwise(recs):
         assert a["energy_end_kwh"] == b["energy_start_kwh"]

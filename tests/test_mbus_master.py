@@ -176,7 +176,20 @@ def test_secondary_addressing_selects_once_then_reads() -> None:
     run(go)
 
 
+class StillClock(SystemClock):
+    """Wall time stands still at 2024-01-15T00:00:00Z: the plant, and so both meters'
+    telegrams (values, date and time), are the same in every run."""
+
+    def wall(self) -> float:
+        return 1_705_276_800.0
+
+
 def test_two_meters_answering_at_once_are_a_counted_collision() -> None:
+    # The replies are ORed byte by byte. On the wall clock the telegrams change with the
+    # time (their date and time field, the plant's values), and for about one start minute
+    # in eight their OR happens to carry a valid checksum and length: a garbled frame no
+    # master can tell from a good one, and the test failed. At a fixed moment the
+    # collision is the same in every run, and its checksum is wrong.
     async def go(sim: SimServer) -> None:
         assert sim.mbus_path is not None
         line = MbusLine(sim.mbus_path, 2400)
@@ -194,7 +207,7 @@ def test_two_meters_answering_at_once_are_a_counted_collision() -> None:
         assert r.ok, r.error
         await line.close()
 
-    run(go, mbus_second=True)
+    run(go, mbus_second=True, clock=StillClock())
 
 
 def test_a_dead_meter_does_not_starve_the_live_one_on_a_shared_line() -> None:

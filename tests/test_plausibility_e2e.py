@@ -9,25 +9,13 @@ from typing import Any
 
 import pytest
 
-from agent.jws import thumbprint, verify
-from agent.keys import load_public
-from agent.store import Store
 from tests.support.mosquitto import Mosquitto
+from tests.support.records import stored
 from tests.support.rig import simulator, start_agent, stop, wait_until, write_config
 
 FAST = (
     "[plausibility]\nsensor_after_s = 3\nswap_after_s = 5\nend_after_s = 5\nmin_energy_kwh = 0\n\n"
 )
-
-
-def events(tmp: Path) -> list[dict[str, Any]]:
-    st = Store(tmp / "agent.db")
-    try:
-        msgs = st.messages("event", 1, 10**9)
-    finally:
-        st.close()
-    pub = load_public(tmp / "agent.pub")
-    return [verify(m.payload, {thumbprint(pub): pub})["body"] for m in msgs]
 
 
 def run(tmp: Path, broker: Mosquitto, scenario: str, kind: str) -> dict[str, Any]:
@@ -37,17 +25,19 @@ def run(tmp: Path, broker: Mosquitto, scenario: str, kind: str) -> dict[str, Any
         try:
 
             def found() -> bool:
-                return (tmp / "agent.db").exists() and any(e["kind"] == kind for e in events(tmp))
+                return (tmp / "agent.db").exists() and any(
+                    e["kind"] == kind for e in stored(tmp, "event")
+                )
 
             assert wait_until(found, 90, every=1.0), (tmp / "agent.log").read_text()[-3000:]
         finally:
             assert stop(agent) == 0
         truth = [json.loads(x) for x in sim.truth.read_text().splitlines() if x.endswith("}")]
-    evs = [e for e in events(tmp) if e["kind"] == kind]
+    evs = [e for e in stored(tmp, "event") if e["kind"] == kind]
     assert len(evs) == 1
     plaus = {"temp_sensor_fault", "temp_sensors_swapped", "flow_sensor_stuck",
              "meter_drift_suspected", "meter_register_decrease"}  # fmt: skip
-    assert [e["kind"] for e in events(tmp) if e["kind"] in plaus] == [kind]
+    assert [e["kind"] for e in stored(tmp, "event") if e["kind"] in plaus] == [kind]
     ev = evs[0]
     ev["_truth"] = [t for t in truth if t.get("meter_fault") not in (None, "none")]
     assert ev["_truth"], "the fault is in the truth log"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agent.config import Config, parse_text
 from agent.jws import Signer, envelope
 from agent.remote import apply_overlay, decide_cmd, decide_config, persist_overlay
-from tests.test_config import GOOD
+from tests.support.configs import GOOD
 
 SITE = "sub-000123"
 NOW = 1_790_000_000.0

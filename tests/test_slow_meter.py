@@ -15,7 +15,7 @@ from agent.monitors import MonitorParams, Monitors
 from agent.runner import record_params
 from drivers.health import OFFLINE_AFTER, OFFLINE_AFTER_S, HealthState, next_health
 from drivers.types import Health
-from tests.test_config import GOOD
+from tests.support.configs import GOOD
 
 PARAMS = MonitorParams(
     supply_min_c=65, supply_max_c=120, dp_min_kpa=60, cooling_min_c=25, return_max_c=65,

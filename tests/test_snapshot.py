@@ -13,7 +13,7 @@ from agent import snapshot as snap
 from agent.config import ConfigError, parse_text
 from agent.limiter import LimiterParams, LimiterState, MeterInput, step
 from drivers.types import Quality, Reading, Value
-from tests.test_config import GOOD
+from tests.support.configs import GOOD
 
 T0 = 1_764_648_000.0  # a whole hour
 

@@ -15,15 +15,10 @@ import itertools
 import json
 import os
 import random
-import threading
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import load
 from agent.jws import b64u_decode, chain_hash, thumbprint, verify
@@ -31,9 +26,11 @@ from agent.keys import load_public
 from agent.runner import Agent
 from agent.store import Store
 from simulator.server import SimServer
+from tests.support.disk import fill, small_disk
 from tests.support.mosquitto import Mosquitto
+from tests.support.records import ts_of
 from tests.support.rig import write_config
-from tests.test_faults_disk import fill, small_disk
+from tests.support.uplink_kit import Collector
 
 PERIOD = 5
 SITE = "test-site"
@@ -55,41 +52,11 @@ class Clock:
         return True
 
 
-class HeadEnd:
-    def __init__(self, port: int) -> None:
-        self.lock = threading.Lock()
-        self.got: dict[str, list[str]] = {}
-        self.c = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id="soak-head", clean_session=False
-        )
-        self.c.on_connect = lambda c, *a: c.subscribe(f"{BASE}/#", qos=1)
-        self.c.on_message = self._on
-        self.c.reconnect_delay_set(1, 1)
-        self.c.connect("127.0.0.1", port, 10)
-        self.c.loop_start()
-
-    def _on(self, c: Any, u: Any, m: paho.MQTTMessage) -> None:
-        with self.lock:
-            self.got.setdefault(m.topic[len(BASE) + 1 :], []).append(m.payload.decode())
-
-    def on(self, sub: str) -> list[str]:
-        with self.lock:
-            return list(self.got.get(sub, []))
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
-
-
 def rss_kb() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def ts_of(s: str) -> float:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
 @pytest.mark.slow
@@ -99,7 +66,7 @@ def test_soak_broker_disk_and_clock_faults(tmp_path: Path) -> None:
     rnd = random.Random(seed)
     broker = Mosquitto(tmp_path / "mosq", persistence=True)
     broker.start()
-    head = HeadEnd(broker.port)
+    head = Collector(broker.port, client_id="soak-head", base=BASE)
     clock = Clock()
     rss: list[int] = []
     with small_disk(tmp_path / "disk", "4m") as disk:
@@ -168,7 +135,7 @@ def test_soak_broker_disk_and_clock_faults(tmp_path: Path) -> None:
         assert max(starts) <= time.time(), f"{dev}: a record for a future period"
     # every seq arrives, every message verifies and chains
     for stream, msgs in stored.items():
-        got = head.on(stream)
+        got = [p.decode() for p in head.on(stream)]
         assert {m.payload for m in msgs} <= set(got), f"{stream}: a stored message never arrived"
         by_seq: dict[int, str] = {}
         for raw in got:

@@ -20,7 +20,7 @@ import pytest
 from agent.web.data import StoreReader
 from tests.support.mosquitto import Mosquitto, mosquitto_binary
 from tests.support.rig import simulator, start_agent, stop, wait_until, write_config
-from tests.web_support import serve
+from tests.support.web import serve
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.rig import BIN, free_port, wait_until
-from tests.web_support import SITE, Server, SiteData, get, make_site, raw, serve, status_of
+from tests.support.web import SITE, Server, SiteData, get, make_site, raw, serve, status_of
 
 
 @pytest.fixture(scope="module")

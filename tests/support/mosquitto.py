@@ -327,34 +327,26 @@ def _skip_without_binary() -> None:
         pytest.skip("mosquitto binary not installed")
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+def _broker(folder: Path, *, tls: bool = False, persistence: bool = False) -> Iterator[Mosquitto]:
     _skip_without_binary()
-    m = Mosquitto(tmp_path / "mosquitto")
+    m = Mosquitto(folder, tls=tls, persistence=persistence)
     m.start()
     try:
         yield m
     finally:
         m.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    yield from _broker(tmp_path / "mosquitto")
 
 
 @pytest.fixture
 def mosquitto_durable(tmp_path: Path) -> Iterator[Mosquitto]:
-    _skip_without_binary()
-    m = Mosquitto(tmp_path / "mosquitto-durable", persistence=True)
-    m.start()
-    try:
-        yield m
-    finally:
-        m.stop()
+    yield from _broker(tmp_path / "mosquitto-durable", persistence=True)
 
 
 @pytest.fixture
 def mosquitto_tls(tmp_path: Path) -> Iterator[Mosquitto]:
-    _skip_without_binary()
-    m = Mosquitto(tmp_path / "mosquitto-tls", tls=True)
-    m.start()
-    try:
-        yield m
-    finally:
-        m.stop()
+    yield from _broker(tmp_path / "mosquitto-tls", tls=True)

@@ -59,12 +59,7 @@ def simulator(tmp: Path, scenario: str = "steady", *extra: str) -> Iterator[Sim]
         port = int(json.loads(proc.stdout.readline())["tcp"].rsplit(":", 1)[1])
         yield Sim(proc, port, truth)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, timeout=10)
 
 
 def write_config(
@@ -105,7 +100,8 @@ def start_agent(cfg: Path, log: Path, env: dict[str, str] | None = None) -> subp
     )
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    """Signal (SIGTERM), wait; SIGKILL after ``timeout``: the exit code (-999: killed)."""
     if proc.poll() is None:
         proc.send_signal(sig)
     try:

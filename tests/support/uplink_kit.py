@@ -18,7 +18,7 @@ from joserfc import jws as jose_jws
 from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.jws import Signer, chain_hash, envelope, thumbprint
+from agent.jws import Signer, b64u_decode, chain_hash, envelope, thumbprint
 from agent.uplink import MqttSettings, Uplink
 from agent.verify import Checker
 
@@ -117,10 +117,20 @@ def add(store: MemStore, signer: Signer, stream: str, body: dict[str, Any]) -> M
 
 
 class Collector:
-    def __init__(self, port: int, topic: str = f"{BASE}/#", client_id: str = "collector") -> None:
+    """A head-end's paho subscriber (persistent session, QoS 1) to ``topic`` (default
+    everything of the site at ``base``); ready once subscribed."""
+
+    def __init__(
+        self,
+        port: int,
+        topic: str | None = None,
+        client_id: str = "collector",
+        base: str = BASE,
+    ) -> None:
         self.lock = threading.Lock()
         self.msgs: list[tuple[str, bytes, bool, float]] = []
-        self.topic = topic
+        self.base = base
+        self.topic = topic or f"{base}/#"
         self.ready = threading.Event()
         self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.c.on_connect = self._on_connect
@@ -145,7 +155,11 @@ class Collector:
 
     def on(self, sub: str) -> list[bytes]:
         with self.lock:
-            return [p for t, p, _, _ in self.msgs if t == f"{BASE}/{sub}"]
+            return [p for t, p, _, _ in self.msgs if t == f"{self.base}/{sub}"]
+
+    def envelopes(self, sub: str) -> list[dict[str, Any]]:
+        """The envelopes (seq, prev, body, ...) of ``sub``'s messages, not verified."""
+        return [json.loads(b64u_decode(p.split(b".")[1].decode())) for p in self.on(sub)]
 
     def close(self) -> None:
         self.c.loop_stop()

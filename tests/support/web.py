@@ -1,5 +1,6 @@
-"""Shared by the page tests: a site folder with a config, a store holding known interval
-records and events, a live snapshot, `dh-agent serve` as a subprocess, and raw HTTP."""
+"""Shared by the page tests and bench/web.py: a site's config (``config_text``), a site
+folder with a store holding known interval records and events and a live snapshot
+(``make_site``), `dh-agent serve` as a subprocess (``serve``), and raw HTTP."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from agent.keys import keygen
 from agent.store import Store
 from agent.timefmt import rfc3339
 from drivers.types import Quality, Reading, Value
-from tests.support.rig import BIN, free_port, wait_until
+from tests.support.rig import BIN, free_port, stop, wait_until
 
 SITE = "web-site"
 HOUR = 3600
@@ -39,7 +40,7 @@ url = "mqtt://127.0.0.1:1883"
 agent_key = "agent.key"
 
 [storage]
-path = "agent.db"
+path = "{storage}"
 
 [live]
 path = "live.json"
@@ -74,6 +75,11 @@ transport = "tcp"
 port = 5020
 unit = 3
 """
+
+
+def config_text(site: str = SITE, web: str = "", storage: str = "agent.db") -> str:
+    """agent.toml of a site with the simulator's three devices; ``web``: extra sections."""
+    return CONFIG.format(site=site, web=web, storage=storage)
 
 
 def heat_record(start: float, k: int) -> dict[str, Any]:
@@ -112,7 +118,7 @@ def make_site(folder: Path, web: str = "", site: str = SITE) -> SiteData:
     folder.mkdir(parents=True, exist_ok=True)
     keygen(folder, "agent", False)
     cfg = folder / "agent.toml"
-    cfg.write_text(CONFIG.format(site=site, web=web))
+    cfg.write_text(config_text(site, web))
     signer = Signer(Ed25519PrivateKey.generate())
     now = time.time()
     hour = now // HOUR * HOUR
@@ -198,12 +204,7 @@ def serve(config: Path, *extra: str) -> Iterator[Server]:
         assert proc.poll() is None, log.read_text()
         yield Server(proc, port, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, timeout=10)
 
 
 def can_connect(port: int) -> bool:
