@@ -61,6 +61,7 @@ from agent.uplink_conn import (
     tls_context,
 )
 from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold, Window
+from agent.uplink_wire import buffered_reads
 
 __all__ = [
     "BrokerAddress",
@@ -306,6 +307,7 @@ class Uplink:
         client = self._make_client(will)
         await connect(client)
         no_delay(client)
+        buffered_reads(client._client)
         client.timeout = self.timeout_s
         self._reserved = None
         self._established_once = True

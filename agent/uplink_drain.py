@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as paho
 
 from agent.jws import b64u_decode
+from agent.uplink_wire import coalesce
 
 if TYPE_CHECKING:
     from agent.uplink import Outgoing, Uplink
@@ -50,6 +51,10 @@ PERMANENT_REFUSALS = {
 }
 HOLD_BASE_S = 1.0
 HOLD_CAP_S = 60.0
+# acknowledged ids are written to the store (``mark_sent``) in batches of up to this many
+# while publishes are in flight, and at once when none are (a commit per few PUBACKs cost
+# more than the drain's own work)
+MARK_BATCH = 256
 
 
 class SessionLost(Exception):
@@ -203,8 +208,11 @@ class Drain:
         # for every single one cost about as much as the publish itself)
         self.waiter: asyncio.Future[None] | None = None
         self.want_free = 1
+        self.tick: asyncio.TimerHandle | None = None  # wakes the waiter for ``check``
         self.marks = up.marks  # survives the session: ids whose mark failed stay skipped
         self.marking: asyncio.Task[None] | None = None
+        self.gathering: asyncio.Future[None] | None = None  # mark_loop waiting for a batch
+        self.ending = False  # the session is over: mark what is waiting at once
         self.inflight: dict[int, Outgoing] = {}  # stored id -> message, until released
         self.refused_now: dict[int, Refusal] = {}  # stored id -> its refusal, until released
         self.holds = up.holds  # stream -> hold (survives the session)
@@ -229,19 +237,24 @@ class Drain:
 
     def released(self, ids: list[int]) -> None:
         """Ids acknowledged with every message published before them: mark them."""
-        for sid in ids:
-            m = self.inflight.pop(sid, None)
-            refusal = self.refused_now.pop(sid, None)
-            if refusal is None:
-                self.marks.unmarked.add(sid)
-            elif refusal.permanent:
-                self.marks.unmarked_refused[sid] = (refusal.code, refusal.reason)
-                if m is not None:
-                    self.report(m, refusal)
-            elif m is not None:
-                self.hold(m, refusal)
-        if self.marks.waiting() and (self.marking is None or self.marking.done()):
-            self.marking = self.loop.create_task(self.mark_loop())
+        if ids:
+            refused_now, inflight = self.refused_now, self.inflight
+            for sid in ids:
+                m = inflight.pop(sid, None)
+                refusal = refused_now.pop(sid, None) if refused_now else None
+                if refusal is None:
+                    self.marks.unmarked.add(sid)
+                elif refusal.permanent:
+                    self.marks.unmarked_refused[sid] = (refusal.code, refusal.reason)
+                    if m is not None:
+                        self.report(m, refusal)
+                elif m is not None:
+                    self.hold(m, refusal)
+            if self.marking is None or self.marking.done():
+                if self.marks.waiting():
+                    self.marking = self.loop.create_task(self.mark_loop())
+            elif self.gathering is not None and not self.batch_pending():
+                _wake(self.gathering)
         w = self.waiter
         if (
             w is not None
@@ -280,9 +293,33 @@ class Drain:
             delay,
         )
 
+    def batch_pending(self) -> bool:
+        """More acknowledgements are coming and the waiting ids are not a batch yet."""
+        m = self.marks
+        return (
+            not self.ending
+            and bool(len(self.window))
+            and len(m.unmarked) < MARK_BATCH
+            and not m.unmarked_refused
+        )
+
+    async def gather(self) -> None:
+        """Until the waiting ids make a batch or nothing is in flight (``released`` wakes
+        this), at most min(1 s, timeout / 2)."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.gathering = fut
+        timer = self.loop.call_later(min(1.0, self.up.timeout_s / 2), _wake, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self.gathering = None
+
     async def mark_loop(self) -> None:
         m = self.marks
         while m.waiting():
+            if self.batch_pending():
+                await self.gather()
             refused = [(i, c, r) for i, (c, r) in m.unmarked_refused.items()]
             ids = sorted(m.unmarked)
             try:
@@ -313,16 +350,23 @@ class Drain:
             log.warning("uplink: no PUBACK within %.0f s; reconnecting", self.up.timeout_s)
             raise SessionLost(f"no PUBACK within {self.up.timeout_s:.0f} s")
 
+    def on_tick(self) -> None:
+        """End the current wait, so ``check`` runs."""
+        self.tick = None
+        if self.waiter is not None:
+            _wake(self.waiter)
+
     async def wait_slot(self, free: int = 1) -> None:
         """Until ``free`` slots of the window are free (or a refusal came), at most
-        min(1 s, timeout / 2); a plain future and timer, no task per wait."""
+        min(1 s, timeout / 2): a plain future, and a timer shared by the waits that begin
+        before it fires (no task or timer per wait)."""
         fut: asyncio.Future[None] = self.loop.create_future()
         self.waiter, self.want_free = fut, max(1, min(free, self.window.size))
-        timer = self.loop.call_later(min(1.0, self.up.timeout_s / 2), _wake, fut)
+        if self.tick is None:
+            self.tick = self.loop.call_later(min(1.0, self.up.timeout_s / 2), self.on_tick)
         try:
             await fut
         finally:
-            timer.cancel()
             self.waiter = None
         self.check()
 
@@ -351,31 +395,47 @@ class Drain:
 
     def fetch(self, after: int) -> asyncio.Future[Sequence[Outgoing]]:
         self.up.wake_event.clear()
-        return asyncio.ensure_future(self.up.db(self.up.store.unsent, self.up.batch, after))
+        store = self.up.store
+        # the payloads ready as bytes when the store can (``Store.unsent_wire``)
+        read: Callable[[int, int], Sequence[Outgoing]] = getattr(store, "unsent_wire", store.unsent)
+        return asyncio.ensure_future(self.up.db(read, self.up.batch, after))
 
     def skip(self, m: Outgoing, now: float) -> bool:
         if self.marks.skip(m.id):
             return True
+        if not self.holds:
+            return False
         h = self.holds.get(m.stream)
         # once the hold is over the stream is tried again (its attempt count stays)
         return h is not None and now < h.until
 
     def publish_some(self) -> None:
+        """Fill the window from the buffer; the burst's packets leave in one write."""
         now = time.monotonic()
-        while self.buf and len(self.window) < self.window.size:
-            m = self.buf.popleft()
-            if self.skip(m, now):
-                continue
-            info = self.inner.publish(
-                m.topic, m.payload.encode("ascii"), qos=m.qos, retain=m.retain
-            )
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise SessionLost(f"publish failed: {paho.error_string(info.rc)}")
-            self.inflight[m.id] = m
-            self.progress = True
-            self.released(self.window.sent(m.id, info.mid, m.qos, time.monotonic()))
-            self.up.inflight_peak = max(self.up.inflight_peak, self.window.peak)
-            self.up.last_publish = self.up.clock()
+        buf, window, inflight, publish = self.buf, self.window, self.inflight, self.inner.publish
+        sent = 0
+        try:
+            while buf and len(window) < window.size:
+                m = buf.popleft()
+                if self.skip(m, now):
+                    continue
+                data = getattr(m, "data", None)
+                if data is None:
+                    data = m.payload.encode("ascii")
+                info = publish(m.topic, data, qos=m.qos, retain=m.retain)
+                if info.rc != paho.MQTT_ERR_SUCCESS:
+                    raise SessionLost(f"publish failed: {paho.error_string(info.rc)}")
+                inflight[m.id] = m
+                sent += 1
+                done = window.sent(m.id, info.mid, m.qos, now)
+                if done:  # QoS 0: nothing to wait for
+                    self.released(done)
+        finally:
+            if sent:
+                self.progress = True
+                self.up.inflight_peak = max(self.up.inflight_peak, window.peak)
+                self.up.last_publish = self.up.clock()
+                coalesce(self.inner)
 
     async def next_batch(self) -> None:
         """Fill the buffer from the store; at the tail, settle and rescan or wait."""
@@ -426,6 +486,11 @@ class Drain:
             raise
         finally:
             self.inner.on_publish = self.original
+            if self.tick is not None:
+                self.tick.cancel()
+            self.ending = True
+            if self.gathering is not None:
+                _wake(self.gathering)
             if self.pending_fetch is not None:
                 self.pending_fetch.cancel()
             if self.marking is not None and not self.marking.done():

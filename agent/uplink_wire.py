@@ -1,0 +1,116 @@
+"""Fewer system calls per stored message on a plain TCP broker connection (the drain's hot
+path; measured by ``bench/drain.py``).
+
+paho reads a PUBACK with three ``recv`` calls (command byte, length byte, the rest) and
+writes every queued packet with its own ``send``: a 10,000-message backlog cost about
+40,000 system calls, each one a chance for the store's thread to take the GIL.
+
+- ``BufferedSocket`` hands paho's small reads out of one ``recv`` of up to 64 KiB; it has
+  ``pending()``, which aiomqtt's reader already checks (the way it drains ``SSLSocket``), so
+  nothing read ahead is left waiting for the next readiness event. Installed on plain TCP
+  sockets only (a TLS socket buffers on its own).
+- ``coalesce`` joins consecutive queued QoS 1/2 PUBLISH packets of paho's output queue
+  into one buffer, written with one ``send`` (and read by the broker in one go). paho does
+  nothing when such a packet is written (its PUBACK completes it), so joining them changes
+  nothing but the number of writes. QoS 0 packets (paho reports them when written) and a
+  packet partly written are left as they are.
+
+Both look at paho internals (``_sock``, ``_out_packet``); when these are not what they
+were written against, they do nothing and paho works as it always did.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Any
+
+READ_SIZE = 65536
+PUBLISH = 0x30
+
+
+class BufferedSocket:
+    """A plain socket whose ``recv`` serves small reads from one larger read."""
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            data: bytes = self._sock.recv(READ_SIZE)  # BlockingIOError, b"" at EOF: paho's
+            if len(data) <= n:
+                return data
+            self._buf, self._pos = data, n
+            return data[:n]
+        end = min(pos + n, len(buf))
+        self._pos = end
+        return buf[pos:end]
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet handed out."""
+        return len(self._buf) - self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def buffered_reads(inner: Any) -> bool:
+    """Give paho client ``inner`` a ``BufferedSocket``; False (nothing changed) when its
+    socket is not a plain TCP socket (TLS, not connected, another paho)."""
+    sock = getattr(inner, "_sock", None)
+    if type(sock) is not socket.socket or sock.type != socket.SOCK_STREAM:
+        return False
+    inner._sock = BufferedSocket(sock)
+    return True
+
+
+def _mergeable(p: Any) -> bool:
+    return (
+        isinstance(p, dict)
+        and p.get("pos") == 0
+        and isinstance(p.get("command"), int)
+        and p["command"] & 0xF0 == PUBLISH
+        and isinstance(p.get("qos"), int)
+        and p["qos"] > 0
+        and isinstance(p.get("packet"), bytes | bytearray)
+        and p.get("to_process") == len(p["packet"])
+    )
+
+
+def coalesce(inner: Any) -> int:
+    """Join runs of queued QoS > 0 PUBLISH packets in paho's output queue; returns how many
+    packets are left (0 when the queue is not what this was written against)."""
+    q = getattr(inner, "_out_packet", None)
+    if not isinstance(q, deque):
+        return 0
+    if len(q) < 2:
+        return len(q)
+    out: list[Any] = []
+    run: list[Any] = []
+
+    def close_run() -> None:
+        if len(run) > 1:
+            head = dict(run[0])
+            head["packet"] = b"".join(p["packet"] for p in run)
+            head["to_process"] = len(head["packet"])
+            out.append(head)
+        else:
+            out.extend(run)
+        run.clear()
+
+    for p in q:
+        if _mergeable(p):
+            run.append(p)
+        else:
+            close_run()
+            out.append(p)
+    close_run()
+    if len(out) < len(q):
+        q.clear()
+        q.extend(out)
+    return len(q)
