@@ -61,7 +61,7 @@ from agent.uplink_conn import (
     tls_context,
 )
 from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold, Window
-from agent.uplink_wire import buffered_reads
+from agent.uplink_wire import buffered_reads, quiet_logging
 
 __all__ = [
     "BrokerAddress",
@@ -308,6 +308,7 @@ class Uplink:
         await connect(client)
         no_delay(client)
         buffered_reads(client._client)
+        quiet_logging(client._client, mqtt_log)
         client.timeout = self.timeout_s
         self._reserved = None
         self._established_once = True

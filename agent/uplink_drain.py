@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as paho
 
 from agent.jws import b64u_decode
-from agent.uplink_wire import coalesce
+from agent.uplink_wire import begin_burst, end_burst
 
 if TYPE_CHECKING:
     from agent.uplink import Outgoing, Uplink
@@ -414,6 +414,7 @@ class Drain:
         now = time.monotonic()
         buf, window, inflight, publish = self.buf, self.window, self.inflight, self.inner.publish
         sent = 0
+        burst = begin_burst(self.inner)
         try:
             while buf and len(window) < window.size:
                 m = buf.popleft()
@@ -435,7 +436,9 @@ class Drain:
                 self.progress = True
                 self.up.inflight_peak = max(self.up.inflight_peak, window.peak)
                 self.up.last_publish = self.up.clock()
-                coalesce(self.inner)
+            rc = end_burst(self.inner, burst)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise SessionLost(f"write failed: {paho.error_string(rc)}")
 
     async def next_batch(self) -> None:
         """Fill the buffer from the store; at the tail, settle and rescan or wait."""

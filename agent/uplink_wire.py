@@ -15,12 +15,24 @@ writes every queued packet with its own ``send``: a 10,000-message backlog cost 
   nothing but the number of writes. QoS 0 packets (paho reports them when written) and a
   packet partly written are left as they are.
 
-Both look at paho internals (``_sock``, ``_out_packet``); when these are not what they
-were written against, they do nothing and paho works as it always did.
+- ``begin_burst`` / ``end_burst`` write a burst of stored publishes at once, from the
+  drain (paho's public ``loop_write``), instead of registering the socket for writing with
+  the event loop (aiomqtt: a thread-safe callback, an ``add_writer`` and a
+  ``remove_writer``, two more loop turns per burst). Only when nothing was waiting to be
+  written when the burst began; what the socket does not take is left to aiomqtt's writer
+  as before.
+- ``QuietLogger`` stands between paho and its logger: paho logs two DEBUG lines per
+  message, each a call into ``logging`` that the uplink's logger (ERROR) drops; this asks
+  the logger first (``isEnabledFor``, cached by ``logging``) and calls it only then.
+
+``BufferedSocket`` and ``coalesce`` look at paho internals (``_sock``, ``_out_packet``);
+when these are not what they were written against, they do nothing and paho works as it
+always did.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections import deque
 from typing import Any
@@ -67,6 +79,60 @@ def buffered_reads(inner: Any) -> bool:
         return False
     inner._sock = BufferedSocket(sock)
     return True
+
+
+class QuietLogger:
+    """What paho needs of a logger (``log``), asking ``isEnabledFor`` first."""
+
+    __slots__ = ("enabled", "logger")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.enabled = logger.isEnabledFor
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        if self.enabled(level):
+            self.logger.log(level, msg, *args)
+
+
+def quiet_logging(inner: Any, logger: logging.Logger) -> None:
+    """paho client ``inner`` logs to ``logger`` through a ``QuietLogger``."""
+    enable = getattr(inner, "enable_logger", None)
+    if enable is not None:
+        enable(QuietLogger(logger))
+
+
+def _no_register(client: Any, userdata: Any, sock: Any) -> None:
+    """paho's register-write callback during a burst: the burst writes itself."""
+
+
+def begin_burst(inner: Any) -> Any:
+    """Before publishing a burst: when nothing is waiting to be written, paho's
+    register-write callback is set aside (returned, for ``end_burst``); else None and
+    nothing changes."""
+    if inner.want_write():
+        return None
+    original = inner.on_socket_register_write
+    if original is None:
+        return None
+    inner.on_socket_register_write = _no_register
+    return original
+
+
+def end_burst(inner: Any, original: Any) -> int:
+    """After a burst: join its packets (``coalesce``) and, when ``begin_burst`` set the
+    callback aside, put it back and write them now; what the socket did not take is
+    registered for writing the usual way. Returns paho's ``loop_write`` code (0 = success)."""
+    coalesce(inner)
+    if original is None:
+        return 0
+    inner.on_socket_register_write = original
+    rc = int(inner.loop_write())
+    if inner.want_write():
+        # paho already counts the socket as registered (the callback set aside was called):
+        # register it with the event loop through the real callback
+        original(inner, inner.user_data_get(), inner.socket())
+    return rc
 
 
 def _mergeable(p: Any) -> bool:
