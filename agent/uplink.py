@@ -60,7 +60,8 @@ from agent.uplink_conn import (
     release,
     tls_context,
 )
-from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold, Window
+from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold
+from agent.uplink_window import Window
 from agent.uplink_wire import buffered_reads, quiet_logging
 
 __all__ = [
