@@ -52,20 +52,21 @@ class BufferedSocket:
         self._pos = 0
 
     def recv(self, n: int) -> bytes:
-        buf, pos = self._buf, self._pos
-        if pos >= len(buf):
-            data: bytes = self._sock.recv(READ_SIZE)  # BlockingIOError, b"" at EOF: paho's
-            if len(data) <= n:
-                return data
-            self._buf, self._pos = data, n
-            return data[:n]
-        end = min(pos + n, len(buf))
-        self._pos = end
-        return buf[pos:end]
+        pos = self._pos
+        buf = self._buf
+        if pos < len(buf):
+            end = pos + n
+            self._pos = end  # past the end: slicing stops there, pending() is then <= 0
+            return buf[pos:end]
+        data: bytes = self._sock.recv(READ_SIZE)  # BlockingIOError, b"" at EOF: paho's
+        if len(data) <= n:
+            return data
+        self._buf, self._pos = data, n
+        return data[:n]
 
     def pending(self) -> int:
         """Bytes read from the socket and not yet handed out."""
-        return len(self._buf) - self._pos
+        return max(0, len(self._buf) - self._pos)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -136,16 +137,17 @@ def end_burst(inner: Any, original: Any) -> int:
 
 
 def _mergeable(p: Any) -> bool:
-    return (
-        isinstance(p, dict)
-        and p.get("pos") == 0
-        and isinstance(p.get("command"), int)
-        and p["command"] & 0xF0 == PUBLISH
-        and isinstance(p.get("qos"), int)
-        and p["qos"] > 0
-        and isinstance(p.get("packet"), bytes | bytearray)
-        and p.get("to_process") == len(p["packet"])
-    )
+    """A queued packet that can be joined with its neighbours: a QoS 1/2 PUBLISH, not
+    written at all yet."""
+    try:
+        return bool(
+            p["pos"] == 0
+            and p["command"] & 0xF0 == PUBLISH
+            and p["qos"] > 0
+            and p["to_process"] == len(p["packet"])
+        )
+    except (KeyError, TypeError):
+        return False
 
 
 def coalesce(inner: Any) -> int:
@@ -158,25 +160,25 @@ def coalesce(inner: Any) -> int:
         return len(q)
     out: list[Any] = []
     run: list[Any] = []
-
-    def close_run() -> None:
-        if len(run) > 1:
-            head = dict(run[0])
-            head["packet"] = b"".join(p["packet"] for p in run)
-            head["to_process"] = len(head["packet"])
-            out.append(head)
-        else:
-            out.extend(run)
-        run.clear()
-
     for p in q:
         if _mergeable(p):
             run.append(p)
-        else:
-            close_run()
-            out.append(p)
-    close_run()
+            continue
+        _close_run(run, out)
+        out.append(p)
+    _close_run(run, out)
     if len(out) < len(q):
         q.clear()
         q.extend(out)
     return len(q)
+
+
+def _close_run(run: list[Any], out: list[Any]) -> None:
+    if len(run) > 1:
+        head = dict(run[0])
+        head["packet"] = packet = b"".join([p["packet"] for p in run])
+        head["to_process"] = len(packet)
+        out.append(head)
+    else:
+        out.extend(run)
+    run.clear()
