@@ -70,6 +70,7 @@ from agent.store_codec import (
 from agent.store_intervals import IntervalQueries
 from agent.store_samples import SampleStore
 from agent.store_schema import MIGRATIONS, Migration, StoreError, migrate
+from agent.store_wire import WireMessage, wire_jws
 from agent.store_zdict import ZDICT_V1
 
 __all__ = [
@@ -336,6 +337,24 @@ class Store(IntervalQueries, SampleStore):
         """Stored messages not yet acknowledged by the broker, oldest id first."""
         self._check()
         return self._rows("WHERE sent = 0 AND id > ? ORDER BY id LIMIT ?", (after_id, limit))
+
+    def unsent_wire(self, limit: int, after_id: int = 0) -> list[WireMessage]:
+        """``unsent`` with each payload as the bytes to publish (``agent.store_wire``)."""
+        self._check()
+        zd, topics, heads = self._zd(), self._topic_text, self._header_text
+        hb: dict[int, bytes] = {}
+        out: list[WireMessage] = []
+        for mid, stream, seq, topic, qos, retain, hdr, codec, payload, sig in self.conn.execute(
+            "SELECT id, stream, seq, topic, qos, retain, hdr, codec, payload, sig FROM messages"
+            " WHERE sent = 0 AND id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ):
+            h = hb.get(hdr)
+            if h is None:
+                h = hb[hdr] = heads.get(hdr, "").encode("ascii")
+            data = wire_jws(h, codec, payload, sig or b"", zd)
+            out.append(WireMessage(mid, stream, seq, topics[topic], qos, bool(retain), data))
+        return out
 
     def mark_sent(self, ids: Sequence[int]) -> None:
         self._check()

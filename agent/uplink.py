@@ -17,9 +17,12 @@ jitter; each connection:
    that stream for a backoff; see ``agent.uplink_drain``). Stored publishes go
    straight to aiomqtt's paho client and their PUBACKs are taken from paho's
    ``on_publish`` by packet id (half the CPU of ``aiomqtt.Client.publish`` per message);
-   the next batch is read from the store while the current one is published; marks are
-   batched into one ``mark_sent`` per completion burst. A PUBACK missing for
-   ``timeout_s`` ends the session. The socket has TCP_NODELAY (no Nagle delay).
+   the next batch is read from the store (``unsent_wire``: payloads as bytes) while the
+   current one is published; acknowledged ids are marked in batches of up to
+   ``MARK_BATCH`` (256) while publishes are in flight, at once when none are (a crash
+   publishes at most those again: at least once). A burst's packets leave in one write and
+   paho's small reads come out of one ``recv`` (``agent.uplink_wire``). A PUBACK missing
+   for ``timeout_s`` ends the session. The socket has TCP_NODELAY (no Nagle delay).
 4. meanwhile delivers subscribed messages to ``on_message`` (exceptions there are logged,
    never fatal) and lets ``publish_live`` send non-stored messages (telemetry, acks,
    config/current), which are never queued: ``False`` when offline.
@@ -60,7 +63,9 @@ from agent.uplink_conn import (
     release,
     tls_context,
 )
-from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold, Window
+from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold
+from agent.uplink_window import Window
+from agent.uplink_wire import buffered_reads, quiet_logging
 
 __all__ = [
     "BrokerAddress",
@@ -306,6 +311,8 @@ class Uplink:
         client = self._make_client(will)
         await connect(client)
         no_delay(client)
+        buffered_reads(client._client)
+        quiet_logging(client._client, mqtt_log)
         client.timeout = self.timeout_s
         self._reserved = None
         self._established_once = True

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as paho
 
 from agent.jws import b64u_decode
+from agent.uplink_window import Window
+from agent.uplink_wire import begin_burst, end_burst
 
 if TYPE_CHECKING:
     from agent.uplink import Outgoing, Uplink
@@ -50,6 +52,10 @@ PERMANENT_REFUSALS = {
 }
 HOLD_BASE_S = 1.0
 HOLD_CAP_S = 60.0
+# acknowledged ids are written to the store (``mark_sent``) in batches of up to this many
+# while publishes are in flight, and at once when none are (a commit per few PUBACKs cost
+# more than the drain's own work)
+MARK_BATCH = 256
 
 
 class SessionLost(Exception):
@@ -129,62 +135,6 @@ class Marks:
 OnRefused = Callable[["Outgoing", Refusal], Coroutine[Any, Any, None]]
 
 
-class Window:
-    """In-flight bookkeeping of stored publishes (pure, no I/O): publish order, paho mid ->
-    stored id, and the acknowledged prefix. ``len`` counts everything published and not yet
-    released (acknowledged ones behind an unacknowledged one included), so at most ``size``
-    messages are ever unacknowledged and unmarked."""
-
-    def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-        self.peak = 0
-        self._order: deque[tuple[int, float]] = deque()  # (stored id, publish time)
-        self._mids: dict[int, int] = {}  # mid -> stored id, awaiting PUBACK
-        self._done: set[int] = set()  # stored ids acknowledged, not yet released
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    def owns(self, mid: int) -> bool:
-        return mid in self._mids
-
-    def sid_of(self, mid: int) -> int | None:
-        return self._mids.get(mid)
-
-    def sent(self, sid: int, mid: int, qos: int, now: float) -> list[int]:
-        """Record a publish; returns the ids released by it (QoS 0 needs no PUBACK)."""
-        self._order.append((sid, now))
-        self.peak = max(self.peak, len(self._order))
-        if qos == 0:
-            self._done.add(sid)
-        else:
-            self._mids[mid] = sid
-        return self._release()
-
-    def ack(self, mid: int) -> list[int]:
-        """A PUBACK for ``mid``; returns the stored ids now acknowledged with every message
-        published before them, in publish order."""
-        sid = self._mids.pop(mid, None)
-        if sid is not None:
-            self._done.add(sid)
-        return self._release()
-
-    def oldest_age(self, now: float) -> float | None:
-        """Seconds the oldest unacknowledged publish has waited, None when none waits."""
-        if not self._order:
-            return None
-        sid, t0 = self._order[0]
-        return None if sid in self._done else now - t0
-
-    def _release(self) -> list[int]:
-        out: list[int] = []
-        while self._order and self._order[0][0] in self._done:
-            sid, _ = self._order.popleft()
-            self._done.discard(sid)
-            out.append(sid)
-        return out
-
-
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -203,8 +153,13 @@ class Drain:
         # for every single one cost about as much as the publish itself)
         self.waiter: asyncio.Future[None] | None = None
         self.want_free = 1
+        self.refilling = False  # the waiter's wait lets ``refill`` publish
+        self.refill_soon = False  # a ``refill`` is scheduled
+        self.tick: asyncio.TimerHandle | None = None  # wakes the waiter for ``check``
         self.marks = up.marks  # survives the session: ids whose mark failed stay skipped
         self.marking: asyncio.Task[None] | None = None
+        self.gathering: asyncio.Future[None] | None = None  # mark_loop waiting for a batch
+        self.ending = False  # the session is over: mark what is waiting at once
         self.inflight: dict[int, Outgoing] = {}  # stored id -> message, until released
         self.refused_now: dict[int, Refusal] = {}  # stored id -> its refusal, until released
         self.holds = up.holds  # stream -> hold (survives the session)
@@ -212,6 +167,7 @@ class Drain:
         self.cursor = 0  # the last stored id read in this scan
         self.progress = False  # something was published since the scan started
         self.pending_fetch: asyncio.Future[Sequence[Outgoing]] | None = None
+        self.fetch_limit = up.batch  # the limit of the last read
 
     # --- PUBACKs (paho's thread is the loop's: aiomqtt runs paho on the event loop) ------
 
@@ -229,25 +185,56 @@ class Drain:
 
     def released(self, ids: list[int]) -> None:
         """Ids acknowledged with every message published before them: mark them."""
-        for sid in ids:
-            m = self.inflight.pop(sid, None)
-            refusal = self.refused_now.pop(sid, None)
-            if refusal is None:
-                self.marks.unmarked.add(sid)
-            elif refusal.permanent:
-                self.marks.unmarked_refused[sid] = (refusal.code, refusal.reason)
-                if m is not None:
-                    self.report(m, refusal)
-            elif m is not None:
-                self.hold(m, refusal)
-        if self.marks.waiting() and (self.marking is None or self.marking.done()):
-            self.marking = self.loop.create_task(self.mark_loop())
+        if ids:
+            refused_now, inflight = self.refused_now, self.inflight
+            for sid in ids:
+                m = inflight.pop(sid, None)
+                refusal = refused_now.pop(sid, None) if refused_now else None
+                if refusal is None:
+                    self.marks.unmarked.add(sid)
+                elif refusal.permanent:
+                    self.marks.unmarked_refused[sid] = (refusal.code, refusal.reason)
+                    if m is not None:
+                        self.report(m, refusal)
+                elif m is not None:
+                    self.hold(m, refusal)
+            if self.marking is None or self.marking.done():
+                if self.marks.waiting():
+                    self.marking = self.loop.create_task(self.mark_loop())
+            elif self.gathering is not None and not self.batch_pending():
+                _wake(self.gathering)
         w = self.waiter
         if (
             w is not None
             and not w.done()
             and (self.window.size - len(self.window) >= self.want_free or self.refused_now)
         ):
+            if self.refilling and not self.refused_now:
+                if not self.refill_soon:  # publish from a plain callback: no task wakeup
+                    self.refill_soon = True
+                    self.loop.call_soon(self.refill)
+            else:
+                w.set_result(None)
+
+    def refill(self) -> None:
+        """The steady state of a long drain: the next burst published from a callback while
+        the drain task keeps waiting (waking it for every burst cost as much as the burst's
+        own bookkeeping). The task is woken when the buffer is empty, a refusal came, or
+        this fails (the task raises the error)."""
+        self.refill_soon = False
+        w = self.waiter
+        if w is None or w.done():
+            return
+        if not self.refilling or self.refused_now or not self.buf:
+            w.set_result(None)
+            return
+        try:
+            self.check()
+            self.publish_some()
+        except Exception as e:
+            w.set_exception(e)
+            return
+        if not self.buf:
             w.set_result(None)
 
     def report(self, m: Outgoing, refusal: Refusal) -> None:
@@ -280,9 +267,33 @@ class Drain:
             delay,
         )
 
+    def batch_pending(self) -> bool:
+        """More acknowledgements are coming and the waiting ids are not a batch yet."""
+        m = self.marks
+        return (
+            not self.ending
+            and bool(len(self.window))
+            and len(m.unmarked) < MARK_BATCH
+            and not m.unmarked_refused
+        )
+
+    async def gather(self) -> None:
+        """Until the waiting ids make a batch or nothing is in flight (``released`` wakes
+        this), at most min(1 s, timeout / 2)."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.gathering = fut
+        timer = self.loop.call_later(min(1.0, self.up.timeout_s / 2), _wake, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self.gathering = None
+
     async def mark_loop(self) -> None:
         m = self.marks
         while m.waiting():
+            if self.batch_pending():
+                await self.gather()
             refused = [(i, c, r) for i, (c, r) in m.unmarked_refused.items()]
             ids = sorted(m.unmarked)
             try:
@@ -313,17 +324,27 @@ class Drain:
             log.warning("uplink: no PUBACK within %.0f s; reconnecting", self.up.timeout_s)
             raise SessionLost(f"no PUBACK within {self.up.timeout_s:.0f} s")
 
-    async def wait_slot(self, free: int = 1) -> None:
+    def on_tick(self) -> None:
+        """End the current wait, so ``check`` runs."""
+        self.tick = None
+        if self.waiter is not None:
+            _wake(self.waiter)
+
+    async def wait_slot(self, free: int = 1, refill: bool = False) -> None:
         """Until ``free`` slots of the window are free (or a refusal came), at most
-        min(1 s, timeout / 2); a plain future and timer, no task per wait."""
+        min(1 s, timeout / 2): a plain future, and a timer shared by the waits that begin
+        before it fires (no task or timer per wait). ``refill``: meanwhile bursts are
+        published from ``refill`` whenever ``free`` slots are free."""
         fut: asyncio.Future[None] = self.loop.create_future()
         self.waiter, self.want_free = fut, max(1, min(free, self.window.size))
-        timer = self.loop.call_later(min(1.0, self.up.timeout_s / 2), _wake, fut)
+        self.refilling = refill
+        if self.tick is None:
+            self.tick = self.loop.call_later(min(1.0, self.up.timeout_s / 2), self.on_tick)
         try:
             await fut
         finally:
-            timer.cancel()
             self.waiter = None
+            self.refilling = False
         self.check()
 
     async def quiesce(self, limit: float | None) -> None:
@@ -349,33 +370,54 @@ class Drain:
 
     # --- reading and publishing -------------------------------------------------------------
 
-    def fetch(self, after: int) -> asyncio.Future[Sequence[Outgoing]]:
+    def fetch(self, after: int, limit: int = 0) -> asyncio.Future[Sequence[Outgoing]]:
+        """Read up to ``limit`` (the uplink's batch) unsent messages after id ``after``."""
         self.up.wake_event.clear()
-        return asyncio.ensure_future(self.up.db(self.up.store.unsent, self.up.batch, after))
+        self.fetch_limit = limit or self.up.batch
+        store = self.up.store
+        # the payloads ready as bytes when the store can (``Store.unsent_wire``)
+        read: Callable[[int, int], Sequence[Outgoing]] = getattr(store, "unsent_wire", store.unsent)
+        return asyncio.ensure_future(self.up.db(read, self.fetch_limit, after))
 
     def skip(self, m: Outgoing, now: float) -> bool:
         if self.marks.skip(m.id):
             return True
+        if not self.holds:
+            return False
         h = self.holds.get(m.stream)
         # once the hold is over the stream is tried again (its attempt count stays)
         return h is not None and now < h.until
 
     def publish_some(self) -> None:
+        """Fill the window from the buffer; the burst's packets leave in one write."""
         now = time.monotonic()
-        while self.buf and len(self.window) < self.window.size:
-            m = self.buf.popleft()
-            if self.skip(m, now):
-                continue
-            info = self.inner.publish(
-                m.topic, m.payload.encode("ascii"), qos=m.qos, retain=m.retain
-            )
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise SessionLost(f"publish failed: {paho.error_string(info.rc)}")
-            self.inflight[m.id] = m
-            self.progress = True
-            self.released(self.window.sent(m.id, info.mid, m.qos, time.monotonic()))
-            self.up.inflight_peak = max(self.up.inflight_peak, self.window.peak)
-            self.up.last_publish = self.up.clock()
+        buf, window, inflight, publish = self.buf, self.window, self.inflight, self.inner.publish
+        sent = 0
+        burst = begin_burst(self.inner)
+        try:
+            while buf and len(window) < window.size:
+                m = buf.popleft()
+                if self.skip(m, now):
+                    continue
+                data = getattr(m, "data", None)
+                if data is None:
+                    data = m.payload.encode("ascii")
+                info = publish(m.topic, data, qos=m.qos, retain=m.retain)
+                if info.rc != paho.MQTT_ERR_SUCCESS:
+                    raise SessionLost(f"publish failed: {paho.error_string(info.rc)}")
+                inflight[m.id] = m
+                sent += 1
+                done = window.sent(m.id, info.mid, m.qos, now)
+                if done:  # QoS 0: nothing to wait for
+                    self.released(done)
+        finally:
+            if sent:
+                self.progress = True
+                self.up.inflight_peak = max(self.up.inflight_peak, window.peak)
+                self.up.last_publish = self.up.clock()
+            rc = end_burst(self.inner, burst)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise SessionLost(f"write failed: {paho.error_string(rc)}")
 
     async def next_batch(self) -> None:
         """Fill the buffer from the store; at the tail, settle and rescan or wait."""
@@ -386,7 +428,7 @@ class Drain:
         if batch:
             self.buf.extend(batch)
             self.cursor = batch[-1].id
-            if len(batch) >= self.up.batch:  # more behind it: fetch while publishing
+            if len(batch) >= self.fetch_limit:  # more behind it: fetch while publishing
                 self.pending_fetch = self.fetch(self.cursor)
             return
         if self.cursor and self.progress:
@@ -408,7 +450,8 @@ class Drain:
 
     async def run(self) -> None:
         self.inner.on_publish = self.on_publish
-        self.pending_fetch = self.fetch(0)
+        # a first read of two windows: publishing starts before a whole batch is decoded
+        self.pending_fetch = self.fetch(0, min(self.up.batch, 2 * self.window.size))
         try:
             while True:
                 self.check()
@@ -417,7 +460,7 @@ class Drain:
                     continue
                 self.publish_some()
                 if self.buf:  # refill in bursts of a quarter window: it never runs dry
-                    await self.wait_slot(self.window.size // 4)
+                    await self.wait_slot(self.window.size // 4, refill=True)
         except asyncio.CancelledError:
             # stopping: if still connected, let what is in flight finish and record it
             if self.inner.is_connected():
@@ -426,6 +469,11 @@ class Drain:
             raise
         finally:
             self.inner.on_publish = self.original
+            if self.tick is not None:
+                self.tick.cancel()
+            self.ending = True
+            if self.gathering is not None:
+                _wake(self.gathering)
             if self.pending_fetch is not None:
                 self.pending_fetch.cancel()
             if self.marking is not None and not self.marking.done():

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import operator
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -112,27 +113,34 @@ def backoff_s(attempt: int) -> float:
 
 _FMT = {"u16": "H", "s16": "h", "u32": "I", "s32": "i", "f32": "f"}
 
+# ``Value`` is a frozen slots dataclass: its ``__init__`` sets each field through
+# ``object.__setattr__``; the decoder's hot loop sets the three slots directly (the same
+# object, about half the cost)
+_new_object = object.__new__
+_set_value = Value.__dict__["value"].__set__
+_set_unit = Value.__dict__["unit"].__set__
+_set_quality = Value.__dict__["quality"].__set__
+
 
 class BlockDecoder:
     """``decode_block`` for one block with one precompiled ``struct`` format: the same
     values and qualities (tests check equality on random words), about 3x less CPU.
-    Blocks with little-endian word order fall back to ``decode_block``."""
+    Blocks with little-endian word order fall back to ``decode_block``.
+
+    An integer register whose raw value is the one of the previous poll gets the previous
+    (immutable) ``Value`` again: the value and its quality are functions of the raw value
+    alone, and most registers of a meter (identity, units, status, slow counters) do not
+    change from one poll to the next. Float registers are always decoded (-0.0 == 0.0)."""
 
     def __init__(self, block: ReadBlock) -> None:
         self.block = block
         self.fast = all(r.count == 1 or r.word_order == "big" for r in block.registers)
-        fmt = [">"]
-        pos = block.address
-        for r in sorted(block.registers, key=lambda r: r.address):
-            if r.address > pos:
-                fmt.append(f"{2 * (r.address - pos)}x")
-            fmt.append(_FMT[r.type])
-            pos = r.end
-        if block.address + block.count > pos:
-            fmt.append(f"{2 * (block.address + block.count - pos)}x")
-        self.struct = struct.Struct("".join(fmt))
         self.regs = sorted(block.registers, key=lambda r: r.address)
-        self.words = struct.Struct(f">{block.count}H")
+        # only the words the registers use are picked (a block spans gaps) and packed
+        need = [r.address - block.address + k for r in self.regs for k in range(r.count)]
+        self.pick = operator.itemgetter(*need, *need[:1]) if need else None  # always a tuple
+        self.words = struct.Struct(f">{len(need) + 1}H")
+        self.struct = struct.Struct(">" + "".join(_FMT[r.type] for r in self.regs) + "2x")
         inf = math.inf
         # per register, what the hot loop needs, as plain locals (no attribute lookups)
         self.plan = [
@@ -147,33 +155,60 @@ class BlockDecoder:
             )
             for r in self.regs
         ]
+        # per register: (raw, Value, not GOOD) of the last decode, for integer registers
+        self.cacheable = [r.type != "f32" for r in self.regs]
+        self.last: list[tuple[int | float, Value, int] | None] = [None] * len(self.regs)
 
     def __call__(self, words: list[int]) -> dict[str, Value]:
+        out: dict[str, Value] = {}
+        self.into(words, out)
+        return out
+
+    def into(self, words: list[int], out: dict[str, Value]) -> int:
+        """Decode into ``out``; returns how many of the values are not of GOOD quality."""
         if not self.fast:
-            return decode_block(self.block, words)
+            values = decode_block(self.block, words)
+            out.update(values)
+            return sum(1 for v in values.values() if v.quality is not Quality.GOOD)
         if len(words) < self.block.count:
             raise ValueError(f"short read: {len(words)} of {self.block.count} registers")
-        raws = self.struct.unpack(self.words.pack(*words[: self.block.count]))
-        out: dict[str, Value] = {}
+        if self.pick is None:
+            return 0
+        raws = self.struct.unpack(self.words.pack(*self.pick(words)))
         good, fault, implausible, isfinite = (
             Quality.GOOD,
             Quality.FAULT,
             Quality.IMPLAUSIBLE,
             math.isfinite,
         )
-        for (name, scale, offset, unit, has_raw, rlo, rhi, lo, hi), raw in zip(
-            self.plan, raws, strict=True
+        new, set_value, set_unit, set_quality = _new_object, _set_value, _set_unit, _set_quality
+        last, cacheable = self.last, self.cacheable
+        bad = 0
+        for i, ((name, scale, offset, unit, has_raw, rlo, rhi, lo, hi), raw) in enumerate(
+            zip(self.plan, raws, strict=True)
         ):
-            raw = float(raw)
-            val = raw * scale + offset
-            if has_raw and not rlo <= raw <= rhi:
-                q = fault
-            elif not isfinite(val) or not lo <= val <= hi:
-                q = implausible
+            prev = last[i]
+            if prev is not None and prev[0] == raw:
+                out[name] = prev[1]
+                bad += prev[2]
+                continue
+            f = float(raw)
+            val = f * scale + offset
+            if has_raw and not rlo <= f <= rhi:
+                q, b = fault, 1
+            elif lo <= val <= hi and isfinite(val):
+                q, b = good, 0
             else:
-                q = good
-            out[name] = Value(val, unit, q)
-        return out
+                q, b = implausible, 1
+            v = new(Value)
+            set_value(v, val)
+            set_unit(v, unit)
+            set_quality(v, q)
+            out[name] = v
+            bad += b
+            if cacheable[i]:
+                last[i] = (raw, v, b)
+        return bad
 
 
 def make_bus(spec: DeviceSpec) -> Bus:
@@ -241,24 +276,36 @@ class Device:
 
     async def _attempts(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Run one bus operation with the spec's retries; raises the last TransportError."""
+        self.counters["requests"] += 1
+        try:
+            result = await op()
+        except TransportError as e:
+            return await self._retry(e, op, what)
+        self.counters["ok"] += 1
+        return result
+
+    async def _retry(self, error: TransportError, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """``_attempts`` once its first attempt (counted as a request) failed with ``error``:
+        count the failure, then retry as the spec says; raises the last TransportError."""
         c = self.counters
         attempt = 0
         while True:
+            c[error.kind] += 1
+            self.last_error = f"{what}: {error}"
+            if error.kind in ("crc_errors", "bad_frames"):
+                log.warning("%s: %s: bad frame skipped: %s", self.spec.name, what, error)
+            else:
+                log.debug("%s: %s: %s", self.spec.name, what, error)
+            if not error.retryable or attempt >= self.spec.retries:
+                raise error
+            attempt += 1
+            c["retries"] += 1
+            await asyncio.sleep(backoff_s(attempt))
             c["requests"] += 1
             try:
                 result = await op()
             except TransportError as e:
-                c[e.kind] += 1
-                self.last_error = f"{what}: {e}"
-                if e.kind in ("crc_errors", "bad_frames"):
-                    log.warning("%s: %s: bad frame skipped: %s", self.spec.name, what, e)
-                else:
-                    log.debug("%s: %s: %s", self.spec.name, what, e)
-                if not e.retryable or attempt >= self.spec.retries:
-                    raise
-                attempt += 1
-                c["retries"] += 1
-                await asyncio.sleep(backoff_s(attempt))
+                error = e
                 continue
             c["ok"] += 1
             return result
@@ -270,15 +317,26 @@ class Device:
         c["polls"] += 1
         values: dict[str, Value] = {}
         error: str | None = None
-        bus = self.bus
+        bus, unit, timeout = self.bus, spec.unit, spec.timeout_s
+        bad = 0
         for block, decoder, label in zip(self.blocks, self.decoders, self.labels, strict=True):
+            # the first attempt inline (no closure, no extra coroutine); retries in _retry
+            c["requests"] += 1
             try:
-                words = await self._attempts(
-                    lambda b=block: bus.read(  # type: ignore[misc]
-                        spec.unit, b.function, b.address, b.count, spec.timeout_s
-                    ),
-                    label,
-                )
+                try:
+                    words = await bus.read(
+                        unit, block.function, block.address, block.count, timeout
+                    )
+                except TransportError as first:
+                    words = await self._retry(
+                        first,
+                        lambda b=block: bus.read(  # type: ignore[misc]
+                            unit, b.function, b.address, b.count, timeout
+                        ),
+                        label,
+                    )
+                else:
+                    c["ok"] += 1
             except ExceptionResponse as e:
                 if not e.retryable and not any(r.confirmed for r in block.registers):
                     # a map guess the device rejects: leave those values out, keep the rest
@@ -291,7 +349,7 @@ class Device:
             except TransportError as e:
                 error = f"{type(e).__name__}: {e}"
                 break
-            values.update(decoder(words))
+            bad += decoder.into(words, values)
         clock = self.clock
         mono = clock.mono()
         ok = error is None
@@ -299,7 +357,7 @@ class Device:
         if not ok:
             c["polls_failed"] += 1
             values = {}
-        bad = sum(1 for v in values.values() if v.quality is not Quality.GOOD)
+            bad = 0
         if bad:
             c["implausible"] += bad
             log.info(

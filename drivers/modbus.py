@@ -31,7 +31,7 @@ import os
 import struct
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from drivers.errors import ConnectError, TransportError
@@ -366,28 +366,49 @@ class TcpBus(Bus):
         if not ok:
             raise ConnectError(f"cannot connect to {self.host}:{self.port}")
 
-    async def _execute(self, call: Callable[[], Any], timeout: float) -> Any:
-        async with self.lock:
+    def _transport_error(self, e: Exception) -> Exception:
+        """The TransportError for what pymodbus raised (``e`` itself when it is none of
+        pymodbus' errors nor an OSError)."""
+        connection_exc, io_exc, modbus_exc = self._errors
+        if isinstance(e, connection_exc):
+            return ConnectError(f"{self.host}:{self.port}: {e}")
+        if isinstance(e, io_exc):
+            if "No response" in str(e):
+                return ModbusTimeout(f"no answer from {self.host}:{self.port}")
+            return FrameError(str(e))
+        if isinstance(e, modbus_exc):
+            return FrameError(str(e))
+        if isinstance(e, OSError):
+            return ConnectError(f"{self.host}:{self.port}: {e}")
+        return e
+
+    async def _execute(self, call: Callable[[], Awaitable[Any]], timeout: float) -> Any:
+        # the lock taken and released by hand: ``async with`` costs one more coroutine
+        # per request on the polling hot path
+        lock = self.lock
+        await lock.acquire()
+        try:
             if not self.client.connected:
                 await self._ensure_connected(timeout)
             self._params.timeout_connect = timeout  # the response timeout of this request
-            connection_exc, io_exc, modbus_exc = self._errors
-            try:
-                rr = await call()
-            except connection_exc as e:
-                raise ConnectError(f"{self.host}:{self.port}: {e}") from e
-            except io_exc as e:
-                if "No response" in str(e):
-                    raise ModbusTimeout(f"no answer from {self.host}:{self.port}") from e
-                raise FrameError(str(e)) from e
-            except modbus_exc as e:
-                raise FrameError(str(e)) from e
-            except OSError as e:
-                raise ConnectError(f"{self.host}:{self.port}: {e}") from e
-            if rr.isError():
-                code = getattr(rr, "exception_code", 0)
-                raise ExceptionResponse(int(code))
-            return rr
+            return await self._checked(call)
+        finally:
+            lock.release()
+
+    async def _checked(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
+        """The response of ``fn(*args, **kw)``; TransportError for a failure,
+        ExceptionResponse for an exception response."""
+        try:
+            rr = await fn(*args, **kw)
+        except Exception as e:
+            err = self._transport_error(e)
+            if err is e:
+                raise
+            raise err from e
+        if rr.isError():
+            code = getattr(rr, "exception_code", 0)
+            raise ExceptionResponse(int(code))
+        return rr
 
     async def read(
         self, unit: int, function: Function, address: int, count: int, timeout: float
@@ -396,8 +417,19 @@ class TcpBus(Bus):
             raise ValueError(f"read of {count} registers")
         c = self.client
         fn = c.read_holding_registers if function == "holding" else c.read_input_registers
-        rr = await self._execute(lambda: fn(address, count=count, device_id=unit), timeout)
-        words: list[int] = list(rr.registers)
+        # ``_execute`` inline (the polling hot path: no closure, one coroutine less)
+        lock = self.lock
+        await lock.acquire()
+        try:
+            if not c.connected:
+                await self._ensure_connected(timeout)
+            self._params.timeout_connect = timeout  # the response timeout of this request
+            rr = await self._checked(fn, address, count=count, device_id=unit)
+        finally:
+            lock.release()
+        words: list[int] = rr.registers
+        if type(words) is not list:
+            words = list(words)
         if len(words) != count:
             raise FrameError(f"answer has {len(words)} registers, asked {count}")
         return words

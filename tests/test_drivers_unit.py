@@ -214,6 +214,27 @@ def test_block_decoder_equals_decode_block(data: st.DataObject) -> None:
     assert _same(BlockDecoder(block)(words), decode_block(block, words))
 
 
+@given(st.data())
+def test_block_decoder_reused_across_polls_equals_decode_block(data: st.DataObject) -> None:
+    """One decoder over several polls (as a Device uses it): registers whose raw value did
+    not change get the previous Value back, which must still equal a fresh decode; the
+    count of values not GOOD matches too."""
+    block = data.draw(st.sampled_from(_BLOCKS))
+    dec = BlockDecoder(block)
+    first = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=block.count, max_size=block.count))
+    for _ in range(4):
+        # change a few words of the previous poll, keep the rest
+        words = list(first)
+        for i in data.draw(st.lists(st.integers(0, block.count - 1), max_size=3)):
+            words[i] = data.draw(st.integers(0, 0xFFFF))
+        out: dict[str, Value] = {}
+        bad = dec.into(words, out)
+        want = decode_block(block, words)
+        assert _same(out, want)
+        assert bad == sum(1 for v in want.values() if not v.good)
+        first = words
+
+
 def test_block_decoder_covers_fast_and_fallback_paths() -> None:
     fast = [BlockDecoder(b).fast for b in _BLOCKS]
     assert any(fast) and not all(fast)

@@ -1,0 +1,184 @@
+"""Fewer system calls per stored message on a plain TCP broker connection (the drain's hot
+path; measured by ``bench/drain.py``).
+
+paho reads a PUBACK with three ``recv`` calls (command byte, length byte, the rest) and
+writes every queued packet with its own ``send``: a 10,000-message backlog cost about
+40,000 system calls, each one a chance for the store's thread to take the GIL.
+
+- ``BufferedSocket`` hands paho's small reads out of one ``recv`` of up to 64 KiB; it has
+  ``pending()``, which aiomqtt's reader already checks (the way it drains ``SSLSocket``), so
+  nothing read ahead is left waiting for the next readiness event. Installed on plain TCP
+  sockets only (a TLS socket buffers on its own).
+- ``coalesce`` joins consecutive queued QoS 1/2 PUBLISH packets of paho's output queue
+  into one buffer, written with one ``send`` (and read by the broker in one go). paho does
+  nothing when such a packet is written (its PUBACK completes it), so joining them changes
+  nothing but the number of writes. QoS 0 packets (paho reports them when written) and a
+  packet partly written are left as they are.
+
+- ``begin_burst`` / ``end_burst`` write a burst of stored publishes at once, from the
+  drain (paho's public ``loop_write``), instead of registering the socket for writing with
+  the event loop (aiomqtt: a thread-safe callback, an ``add_writer`` and a
+  ``remove_writer``, two more loop turns per burst). Only when nothing was waiting to be
+  written when the burst began; what the socket does not take is left to aiomqtt's writer
+  as before.
+- ``QuietLogger`` stands between paho and its logger: paho logs two DEBUG lines per
+  message, each a call into ``logging`` that the uplink's logger (ERROR) drops; this asks
+  the logger first (``isEnabledFor``, cached by ``logging``) and calls it only then.
+
+``BufferedSocket`` and ``coalesce`` look at paho internals (``_sock``, ``_out_packet``);
+when these are not what they were written against, they do nothing and paho works as it
+always did.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import deque
+from typing import Any
+
+READ_SIZE = 65536
+PUBLISH = 0x30
+
+
+class BufferedSocket:
+    """A plain socket whose ``recv`` serves small reads from one larger read."""
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        pos = self._pos
+        buf = self._buf
+        if pos < len(buf):
+            end = pos + n
+            self._pos = end  # past the end: slicing stops there, pending() is then <= 0
+            return buf[pos:end]
+        data: bytes = self._sock.recv(READ_SIZE)  # BlockingIOError, b"" at EOF: paho's
+        if len(data) <= n:
+            return data
+        self._buf, self._pos = data, n
+        return data[:n]
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet handed out."""
+        return max(0, len(self._buf) - self._pos)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def buffered_reads(inner: Any) -> bool:
+    """Give paho client ``inner`` a ``BufferedSocket``; False (nothing changed) when its
+    socket is not a plain TCP socket (TLS, not connected, another paho)."""
+    sock = getattr(inner, "_sock", None)
+    if type(sock) is not socket.socket or sock.type != socket.SOCK_STREAM:
+        return False
+    inner._sock = BufferedSocket(sock)
+    return True
+
+
+class QuietLogger:
+    """What paho needs of a logger (``log``), asking ``isEnabledFor`` first."""
+
+    __slots__ = ("enabled", "logger")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.enabled = logger.isEnabledFor
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        if self.enabled(level):
+            self.logger.log(level, msg, *args)
+
+
+def quiet_logging(inner: Any, logger: logging.Logger) -> None:
+    """paho client ``inner`` logs to ``logger`` through a ``QuietLogger``."""
+    enable = getattr(inner, "enable_logger", None)
+    if enable is not None:
+        enable(QuietLogger(logger))
+
+
+def _no_register(client: Any, userdata: Any, sock: Any) -> None:
+    """paho's register-write callback during a burst: the burst writes itself."""
+
+
+def begin_burst(inner: Any) -> Any:
+    """Before publishing a burst: when nothing is waiting to be written, paho's
+    register-write callback is set aside (returned, for ``end_burst``); else None and
+    nothing changes."""
+    if inner.want_write():
+        return None
+    original = inner.on_socket_register_write
+    if original is None:
+        return None
+    inner.on_socket_register_write = _no_register
+    return original
+
+
+def end_burst(inner: Any, original: Any) -> int:
+    """After a burst: join its packets (``coalesce``) and, when ``begin_burst`` set the
+    callback aside, put it back and write them now; what the socket did not take is
+    registered for writing the usual way. Returns paho's ``loop_write`` code (0 = success)."""
+    coalesce(inner)
+    if original is None:
+        return 0
+    inner.on_socket_register_write = original
+    rc = int(inner.loop_write())
+    if inner.want_write():
+        # paho already counts the socket as registered (the callback set aside was called):
+        # register it with the event loop through the real callback
+        original(inner, inner.user_data_get(), inner.socket())
+    return rc
+
+
+def _mergeable(p: Any) -> bool:
+    """A queued packet that can be joined with its neighbours: a QoS 1/2 PUBLISH, not
+    written at all yet."""
+    try:
+        return bool(
+            p["pos"] == 0
+            and p["command"] & 0xF0 == PUBLISH
+            and p["qos"] > 0
+            and p["to_process"] == len(p["packet"])
+        )
+    except (KeyError, TypeError):
+        return False
+
+
+def coalesce(inner: Any) -> int:
+    """Join runs of queued QoS > 0 PUBLISH packets in paho's output queue; returns how many
+    packets are left (0 when the queue is not what this was written against)."""
+    q = getattr(inner, "_out_packet", None)
+    if not isinstance(q, deque):
+        return 0
+    if len(q) < 2:
+        return len(q)
+    out: list[Any] = []
+    run: list[Any] = []
+    for p in q:
+        if _mergeable(p):
+            run.append(p)
+            continue
+        _close_run(run, out)
+        out.append(p)
+    _close_run(run, out)
+    if len(out) < len(q):
+        q.clear()
+        q.extend(out)
+    return len(q)
+
+
+def _close_run(run: list[Any], out: list[Any]) -> None:
+    if len(run) > 1:
+        head = dict(run[0])
+        head["packet"] = packet = b"".join([p["packet"] for p in run])
+        head["to_process"] = len(packet)
+        out.append(head)
+    else:
+        out.extend(run)
+    run.clear()
