@@ -47,7 +47,6 @@ mark to a power cut costs a re-send, never a record).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -67,13 +66,14 @@ from agent.store_codec import (
     start_key,
     unpack_jws,
 )
-from agent.store_intervals import IntervalQueries
+from agent.store_intervals import CODEC_FIELDS, IntervalQueries
 from agent.store_samples import SampleStore
 from agent.store_schema import MIGRATIONS, Migration, StoreError, migrate
 from agent.store_zdict import ZDICT_V1
 
 __all__ = [
     "CODEC_DEFLATE_DICT1",
+    "CODEC_FIELDS",
     "CODEC_VERBATIM",
     "MIGRATIONS",
     "SAMPLE_FORMAT",
@@ -161,14 +161,6 @@ class Store(IntervalQueries, SampleStore):
             self._stage(self._topic_text, i, topic)
         return i
 
-    def _shape_id(self, c: sqlite3.Connection, keys: list[str]) -> int:
-        k = json.dumps(keys, separators=(",", ":"))
-        i: int | None = self._staged_get(self._shapes, k)
-        if i is None:
-            i = int(c.execute("INSERT INTO shapes(keys) VALUES (?)", (k,)).lastrowid or 0)
-            self._stage(self._shapes, k, i)
-        return i
-
     def _tip(self, c: sqlite3.Connection, stream: str) -> tuple[int, str | None]:
         """(last seq, chain hash of that message or None) of a stored stream."""
         t = self._tips.get(stream)
@@ -178,17 +170,31 @@ class Store(IntervalQueries, SampleStore):
         if last == 0:
             return 0, None
         row = c.execute(
-            "SELECT hdr, codec, payload, sig FROM messages WHERE stream = ? AND seq = ?",
+            "SELECT id, hdr, codec, payload, sig FROM messages WHERE stream = ? AND seq = ?",
             (stream, last),
         ).fetchone()
         if row is None:
             raise StoreError(f"stream {stream}: seq {last} is not stored")
-        h = chain_hash(self._unpack(row[0], row[1], row[2], row[3]))
+        h = chain_hash(self._unpack(row[0], stream, last, row[1], row[2], row[3], row[4]))
         self._tips[stream] = (last, h)
         return last, h
 
-    def _unpack(self, hdr: int, codec: int, payload: bytes, sig: bytes | None) -> str:
-        return unpack_jws(self._header_text.get(hdr, ""), codec, payload, sig or b"", self._zd())
+    def _unpack(
+        self,
+        mid: int,
+        stream: str,
+        seq: int,
+        hdr: int,
+        codec: int,
+        payload: bytes,
+        sig: bytes | None,
+        fields: dict[int, dict[str, Any]] | None = None,
+    ) -> str:
+        header = self._header_text.get(hdr, "")
+        if codec == CODEC_FIELDS:
+            row = (fields if fields is not None else self._fields_rows([mid])).get(mid)
+            return self._compact_of_fields(header, stream, seq, sig or b"", row)
+        return unpack_jws(header, codec, payload, sig or b"", self._zd())
 
     def _store(
         self,
@@ -199,8 +205,10 @@ class Store(IntervalQueries, SampleStore):
         retain: bool,
         make: SignSeq,
         tips: dict[str, tuple[int, str]],
+        shape: int | None = None,
     ) -> tuple[int, int]:
-        """Inside a transaction: sign with the next seq and insert; (message id, seq)."""
+        """Inside a transaction: sign with the next seq and insert; (message id, seq).
+        ``shape`` (an interval record's key list): keep it as fields where byte-exact."""
         chained = stream in CHAINED_STREAMS
         if stream in tips:
             last, prev_h = tips[stream]
@@ -215,7 +223,13 @@ class Store(IntervalQueries, SampleStore):
         compact = make(seq, prev if chained else None)
         if not isinstance(compact, str) or not compact.isascii():
             raise StoreError("a signed message must be an ASCII compact JWS")
-        p = pack_jws(compact, self._zd())
+        form = None
+        if shape is not None and self.schema_version >= 3:
+            form = self._fields_form(c, compact, stream, seq, shape)
+        if form is not None:
+            p = PackedJws(form[0], CODEC_FIELDS, b"", form[1])
+        else:
+            p = pack_jws(compact, self._zd())
         hdr = self._header_id(c, p.header) if p.codec != CODEC_VERBATIM else 0
         mid = int(
             c.execute(
@@ -235,6 +249,8 @@ class Store(IntervalQueries, SampleStore):
             ).lastrowid
             or 0
         )
+        if form is not None:
+            self._insert_fields(c, mid, form[2], form[3])
         c.execute("INSERT OR REPLACE INTO seqs(stream, last) VALUES (?, ?)", (stream, seq))
         tips[stream] = (seq, chain_hash(compact))
         return mid, seq
@@ -292,10 +308,11 @@ class Store(IntervalQueries, SampleStore):
                 def make(seq: int, prev: str | None, rec: dict[str, Any] = rec) -> str:
                     return sign(rec, seq, prev)
 
-                mid, seq = self._store(c, "interval", topic, 1, False, make, tips)
+                shape = self._shape_id(c, list(rec))
+                mid, seq = self._store(c, "interval", topic, 1, False, make, tips, shape)
                 c.execute(
                     "INSERT INTO intervals(device, start, msg, shape) VALUES (?, ?, ?, ?)",
-                    (dev, start, mid, self._shape_id(c, list(rec))),
+                    (dev, start, mid, shape),
                 )
                 seqs.append(seq)
             c.execute(
@@ -314,11 +331,14 @@ class Store(IntervalQueries, SampleStore):
 
     def _rows(self, sql: str, args: Sequence[Any]) -> list[StoredMessage]:
         out: list[StoredMessage] = []
-        for mid, stream, seq, topic, qos, retain, hdr, codec, payload, sig in self.conn.execute(
+        rows = self.conn.execute(
             "SELECT id, stream, seq, topic, qos, retain, hdr, codec, payload, sig FROM messages "
             + sql,
             args,
-        ):
+        ).fetchall()
+        ids = [r[0] for r in rows if r[7] == CODEC_FIELDS]
+        fields = self._fields_rows(ids) if ids else {}
+        for mid, stream, seq, topic, qos, retain, hdr, codec, payload, sig in rows:
             out.append(
                 StoredMessage(
                     id=mid,
@@ -327,7 +347,7 @@ class Store(IntervalQueries, SampleStore):
                     topic=self._topic_text[topic],
                     qos=qos,
                     retain=bool(retain),
-                    payload=self._unpack(hdr, codec, payload, sig),
+                    payload=self._unpack(mid, stream, seq, hdr, codec, payload, sig, fields),
                 )
             )
         return out
