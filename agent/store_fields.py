@@ -34,7 +34,6 @@ import calendar
 import csv
 import io
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +87,7 @@ FIELDS: tuple[tuple[str, str, int], ...] = (
 )
 KIND = {k: (kind, dec) for k, kind, dec in FIELDS}
 BODY_COLUMNS = tuple(k for k, _, _ in FIELDS)
+LABEL_COLUMNS = tuple(k for k, kind, _ in FIELDS if kind in (LABEL, FLAGS))
 ENV_COLUMNS = ("site", "ts", "prev", "v")
 # every column after ``msg``, in table order
 COLUMNS = ("fast", "shape", *ENV_COLUMNS, *BODY_COLUMNS)
@@ -177,10 +177,10 @@ def _enc_value(e: Encoded, key: str, v: Any, start: int, label: Callable[[str], 
         if kind in (TIME, END):
             e.fast = False
         return None
-    if kind == NUM and t is float and math.isfinite(v):
+    if kind == NUM and t is float and _plain_float(v):  # finite, no exponent in its repr
         p = 10**dec
         m = round(v * p)
-        if abs(m) < _MAX_EXACT and repr(m / p) == repr(v) and _plain_float(v):
+        if abs(m) < _MAX_EXACT and repr(m / p) == repr(v):
             e.checks.append((num_sql("?", dec), m, repr(v)))
             return m
     elif kind == INT and t is int and abs(v) < 2**63:
