@@ -22,6 +22,8 @@ Schema (versioned by ``PRAGMA user_version``, mirrored in ``meta.schema_version`
   ``commit_intervals`` idempotent; the body itself lives only in the signed message.
   ``shape`` points at ``shapes`` (the record's key list), so an export knows its CSV
   columns without decoding every record twice.
+- ``interval_fields`` and ``labels`` (schema 3): an interval record's signed envelope in
+  typed columns (``agent.store_fields``), for records stored since; see below.
 - ``agg_state(device, state)``: the aggregator's state, saved with the records.
 - ``sample_blocks``: raw samples, one zlib-compressed block per device per
   ``add_samples`` batch (SD-card wear: a 60 s batch of three devices is three rows and a
@@ -35,6 +37,16 @@ names (the dictionary is stored in the database, ``zdicts``, so it can never dri
 the 64 raw signature bytes. The compact string is rebuilt on read. Before a message is
 stored its rebuilt form is compared with the signed string; anything that would not
 round-trip exactly is stored verbatim (codec 0) instead.
+
+Interval records (schema 3): an envelope stored by ``commit_intervals`` is kept as its
+fields instead (codec 2, empty payload): one typed column per known record key plus the
+envelope's site, ts, prev and v in ``interval_fields`` (keyed by the message id), the
+header by id and the raw signature in ``messages`` as above. The payload is rebuilt with the
+signer's serializer (compact JSON, sorted keys); a record is only kept so when the rebuilt
+compact JWS equals the signed one, checked before it is stored; otherwise it is stored as
+above. Rows stored before schema 3 keep their form and are read as before. Export and the
+page read the columns without parsing JSON, and SQLite writes most export lines itself
+(``IntervalQueries.iter_export``).
 
 Durability: the connection runs ``synchronous=NORMAL`` (WAL: a commit survives a process
 crash; a power cut may lose the last commits but never corrupts). Whatever is signed
