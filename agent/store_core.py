@@ -79,6 +79,7 @@ class StoreCore:
         # texts of interval records kept as fields (schema 3, ``agent.store_fields``)
         self._labels: dict[str, int] = {}
         self._label_text: dict[int, str] = {}
+        self._json_text: dict[tuple[int, str], str] = {}  # (label, kind) -> its JSON text
         if self.schema_version >= 3:
             for i, t in c.execute("SELECT id, text FROM labels"):
                 self._labels[str(t)] = int(i)

@@ -3,9 +3,9 @@
 A signed interval record is stored as its fields, one column per known record key
 (``FIELDS``) plus the envelope's ``site``, ``ts``, ``prev`` and ``v``; the message row keeps
 the protected header (by id) and the 64 raw signature bytes. The signed payload is rebuilt
-from the columns with the serializer that made it (``payload_bytes``: compact JSON, sorted
-keys, as ``agent.jws`` signs). The store only uses this form when the rebuilt bytes equal
-the signed ones (checked at write time); anything else keeps the compressed payload blob.
+from the columns as ``agent.jws`` writes it (``payload_text``: compact JSON, sorted keys).
+The store only uses this form when the rebuilt bytes equal the signed ones (checked at
+write time); anything else keeps the compressed payload blob.
 
 Columns have no declared type (no affinity), so SQLite keeps each value as it is given:
 
@@ -32,6 +32,7 @@ import base64
 import binascii
 import calendar
 import csv
+import functools
 import io
 import json
 import time
@@ -101,6 +102,7 @@ CREATE_SQL = (
 )
 SELECT_COLUMNS = ", ".join(f'f."{c}"' for c in COLUMNS)
 _MAX_EXACT = 2**53
+JText = Callable[[int, str], str]
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -108,6 +110,7 @@ class NoFit(ValueError):
     """The message cannot be kept as fields (it keeps the payload blob)."""
 
 
+@functools.lru_cache(maxsize=1024)  # a record's end is the next one's start
 def iso_seconds(t: int) -> str:
     return time.strftime(_ISO, time.gmtime(t))
 
@@ -135,14 +138,6 @@ def _parse_ms(s: str) -> int:
 
 def _token(v: Any) -> bytes:
     return json.dumps(v, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
-
-
-def payload_bytes(env: Any) -> bytes:
-    """The signed payload of an envelope: compact JSON, sorted keys, UTF-8 (as ``agent.jws``
-    signs; nothing non-finite reaches here, the stored form comes from signed JSON)."""
-    return json.dumps(
-        env, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 @dataclass
@@ -265,23 +260,66 @@ def decode_body(
     return {k: _dec(*KIND[k], row[k], start, text) for k in keys}
 
 
-def decode_env(
-    row: Mapping[str, Any],
-    stream: str,
-    seq: int,
-    keys: Sequence[str],
-    text: Callable[[int], str],
-) -> dict[str, Any]:
+_KEY_JSON = {k: json.dumps(k) + ":" for k in BODY_COLUMNS}
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(keys: tuple[str, ...]) -> tuple[tuple[str, str, int, str], ...]:
+    """Per key list: (``"key":`` text, kind, 10**decimals, key)."""
+    return tuple((_KEY_JSON[k], KIND[k][0], 10 ** KIND[k][1], k) for k in keys)
+
+
+def payload_text(
+    row: Mapping[str, Any], stream: str, seq: int, keys: tuple[str, ...], jtext: JText
+) -> str:
+    """The signed payload rebuilt from a row, written as ``agent.jws`` signs (compact JSON,
+    sorted keys, UTF-8 as is) but without building the objects first; the store keeps a
+    record as fields only when this gives the signed bytes back (checked at write time).
+    ``keys``: the record's keys, sorted; ``jtext(id, kind)``: a label's JSON text. Each
+    value is written as the inverse of ``_enc_value`` stored it."""
+    start = row["start"]
+    parts = []
+    for pre, kind, p, k in _plan(keys):
+        v = row[k]
+        if v is None:
+            parts.append(pre + "null")
+        elif type(v) is bytes:
+            parts.append(pre + v.decode("utf-8"))
+        elif kind is NUM:
+            parts.append(pre + repr(v / p))
+        elif kind is INT:
+            parts.append(pre + repr(v))
+        elif kind is LABEL or kind is FLAGS:
+            parts.append(pre + jtext(v, kind))
+        elif kind is BOOL:
+            parts.append(pre + ("true" if v == 1 else "false"))
+        else:
+            parts.append(pre + '"' + iso_seconds(v if kind is TIME else start + v) + '"')
     prev = row["prev"]
-    return {
-        "body": decode_body(row, keys, text),
-        "prev": None if prev is None else b64u_encode(bytes(prev)),
-        "seq": seq,
-        "site": text(row["site"]),
-        "stream": stream,
-        "ts": iso_ms(row["start"] * 1000 + row["ts"]),
-        "v": row["v"],
-    }
+    return (
+        '{"body":{'
+        + ",".join(parts)
+        + '},"prev":'
+        + ("null" if prev is None else '"' + b64u_encode(bytes(prev)) + '"')
+        + ',"seq":'
+        + repr(seq)
+        + ',"site":'
+        + jtext(row["site"], LABEL)
+        + ',"stream":'
+        + json.dumps(stream, ensure_ascii=False)
+        + ',"ts":"'
+        + iso_ms(start * 1000 + row["ts"])
+        + '","v":'
+        + repr(row["v"])
+        + "}"
+    )
+
+
+def label_json(text: str, kind: str) -> str:
+    """A label's JSON text: the text, or for ``flags`` the list it joins."""
+    if kind == FLAGS:
+        return _flags_json(text)
+    return json.dumps(text, ensure_ascii=False)
 
 
 # --- text made by SQLite (export) ---------------------------------------------------------

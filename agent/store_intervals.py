@@ -60,6 +60,14 @@ class IntervalQueries(StoreCore):
             t = self._label_text[i] = str(row[0])
         return t
 
+    def _label_json(self, i: int, kind: str) -> str:
+        got = self._json_text.get((i, kind))
+        if got is None:
+            got = sf.label_json(self._text_of(i), kind)
+            if i in self._label_text:  # committed: never changes
+                self._json_text[(i, kind)] = got
+        return got
+
     def _sorted_keys(self, shape: int) -> tuple[str, ...]:
         got = self._shape_sorted.get(shape)
         if got is not None:
@@ -98,8 +106,8 @@ class IntervalQueries(StoreCore):
             row = dict.fromkeys(sf.COLUMNS)
             row.update(enc.values)
             keys = self._sorted_keys(shape)
-            again = sf.payload_bytes(sf.decode_env(row, stream, seq, keys, self._text_of))
-        except (sf.NoFit, ValueError, TypeError, StoreError):
+            again = sf.payload_text(row, stream, seq, keys, self._label_json).encode("utf-8")
+        except (sf.NoFit, ValueError, TypeError, StoreError, UnicodeError):
             return None
         if again != raw or f"{parts[0]}.{b64u_encode(again)}.{b64u_encode(sig)}" != compact:
             return None
@@ -131,7 +139,7 @@ class IntervalQueries(StoreCore):
         if row is None:
             raise StoreError(f"{stream} seq {seq}: its fields are not stored")
         keys = self._sorted_keys(int(row["shape"]))
-        raw = sf.payload_bytes(sf.decode_env(row, stream, seq, keys, self._text_of))
+        raw = sf.payload_text(row, stream, seq, keys, self._label_json).encode("utf-8")
         return f"{header}.{b64u_encode(raw)}.{b64u_encode(sig)}"
 
     def _body_of_fields(self, row: dict[str, Any]) -> dict[str, Any]:
