@@ -254,27 +254,71 @@ def export_records(
 ) -> int:
     """Write the records whose period start lies in [start, end) as ``csv`` or ``json``;
     returns how many."""
-    n = 0
+    if fmt not in ("csv", "json"):
+        raise ValueError(f"unknown export format {fmt!r} (csv or json)")
+    cols = column_order(store.interval_keys(start, end, device)) if fmt == "csv" else []
+    texts = getattr(store, "iter_export", None)
+    if texts is not None:  # the store writes the text of most records itself
+        batches: Iterable[list[Any]] = texts(start, end, fmt, cols, device)
+    else:
+        recs = iter(store.iter_intervals(start, end, device))
+        batches = iter(lambda: list(itertools.islice(recs, 1024)), [])
     if fmt == "csv":
-        cols = column_order(store.interval_keys(start, end, device))
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(cols)
-        rows = csv_rows(store.iter_intervals(start, end, device), cols)
-        for block in iter(lambda: list(itertools.islice(rows, 1024)), []):
-            w.writerows(block)
-            n += len(block)
-        return n
-    if fmt == "json":
-        out.write("[")
-        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-        recs = store.iter_intervals(start, end, device)
-        for chunk in iter(lambda: list(itertools.islice(recs, 1024)), []):
-            out.write(",\n" if n else "\n")
-            out.write(",\n".join(map(dumps, chunk)))
-            n += len(chunk)
-        out.write("\n]\n" if n else "]\n")
-        return n
-    raise ValueError(f"unknown export format {fmt!r} (csv or json)")
+        return _write_csv(batches, cols, out)
+    return _write_json(batches, out)
+
+
+def _write_csv(batches: Iterable[list[Any]], cols: list[str], out: TextIO) -> int:
+    """A batch holds each record as its CSV line, or as its body (a dict) to format here."""
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(cols)
+    n = 0
+    for batch in batches:
+        n += len(batch)
+        try:
+            out.write("".join(batch))
+        except TypeError:  # bodies among the lines: keep the order
+            for part in _runs(batch):
+                if isinstance(part, str):
+                    out.write(part)
+                else:
+                    w.writerows(csv_rows(part, cols))
+    return n
+
+
+def _write_json(batches: Iterable[list[Any]], out: TextIO) -> int:
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    out.write("[")
+    n = 0
+    for batch in batches:
+        if not batch:
+            continue
+        out.write(",\n" if n else "\n")
+        out.write(",\n".join(r if isinstance(r, str) else dumps(r) for r in batch))
+        n += len(batch)
+    out.write("\n]\n" if n else "]\n")
+    return n
+
+
+def _runs(batch: list[Any]) -> Iterator[str | list[dict[str, Any]]]:
+    """A mixed batch as runs: the text of consecutive lines, or consecutive bodies."""
+    text: list[str] = []
+    recs: list[dict[str, Any]] = []
+    for r in batch:
+        if isinstance(r, str):
+            if recs:
+                yield recs
+                recs = []
+            text.append(r)
+        else:
+            if text:
+                yield "".join(text)
+                text = []
+            recs.append(r)
+    if text:
+        yield "".join(text)
+    if recs:
+        yield recs
 
 
 def status_summary(store: StatusSource, now: float) -> str:

@@ -22,6 +22,8 @@ Schema (versioned by ``PRAGMA user_version``, mirrored in ``meta.schema_version`
   ``commit_intervals`` idempotent; the body itself lives only in the signed message.
   ``shape`` points at ``shapes`` (the record's key list), so an export knows its CSV
   columns without decoding every record twice.
+- ``interval_fields`` and ``labels`` (schema 3): an interval record's signed envelope in
+  typed columns (``agent.store_fields``), for records stored since; see below.
 - ``agg_state(device, state)``: the aggregator's state, saved with the records.
 - ``sample_blocks``: raw samples, one zlib-compressed block per device per
   ``add_samples`` batch (SD-card wear: a 60 s batch of three devices is three rows and a
@@ -36,6 +38,16 @@ the 64 raw signature bytes. The compact string is rebuilt on read. Before a mess
 stored its rebuilt form is compared with the signed string; anything that would not
 round-trip exactly is stored verbatim (codec 0) instead.
 
+Interval records (schema 3): an envelope stored by ``commit_intervals`` is kept as its
+fields instead (codec 2, empty payload): one typed column per known record key plus the
+envelope's site, ts, prev and v in ``interval_fields`` (keyed by the message id), the
+header by id and the raw signature in ``messages`` as above. The payload is rebuilt with the
+signer's serializer (compact JSON, sorted keys); a record is only kept so when the rebuilt
+compact JWS equals the signed one, checked before it is stored; otherwise it is stored as
+above. Rows stored before schema 3 keep their form and are read as before. Export and the
+page read the columns without parsing JSON, and SQLite writes most export lines itself
+(``IntervalQueries.iter_export``).
+
 Durability: the connection runs ``synchronous=NORMAL`` (WAL: a commit survives a process
 crash; a power cut may lose the last commits but never corrupts). Whatever is signed
 (interval records, events, any stored message, seq reservations) is committed with
@@ -47,7 +59,6 @@ mark to a power cut costs a re-send, never a record).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -67,7 +78,7 @@ from agent.store_codec import (
     start_key,
     unpack_jws,
 )
-from agent.store_intervals import IntervalQueries
+from agent.store_intervals import CODEC_FIELDS, IntervalQueries
 from agent.store_samples import SampleStore
 from agent.store_schema import MIGRATIONS, Migration, StoreError, migrate
 from agent.store_wire import WireMessage, wire_jws
@@ -75,6 +86,7 @@ from agent.store_zdict import ZDICT_V1
 
 __all__ = [
     "CODEC_DEFLATE_DICT1",
+    "CODEC_FIELDS",
     "CODEC_VERBATIM",
     "MIGRATIONS",
     "SAMPLE_FORMAT",
@@ -162,14 +174,6 @@ class Store(IntervalQueries, SampleStore):
             self._stage(self._topic_text, i, topic)
         return i
 
-    def _shape_id(self, c: sqlite3.Connection, keys: list[str]) -> int:
-        k = json.dumps(keys, separators=(",", ":"))
-        i: int | None = self._staged_get(self._shapes, k)
-        if i is None:
-            i = int(c.execute("INSERT INTO shapes(keys) VALUES (?)", (k,)).lastrowid or 0)
-            self._stage(self._shapes, k, i)
-        return i
-
     def _tip(self, c: sqlite3.Connection, stream: str) -> tuple[int, str | None]:
         """(last seq, chain hash of that message or None) of a stored stream."""
         t = self._tips.get(stream)
@@ -179,17 +183,31 @@ class Store(IntervalQueries, SampleStore):
         if last == 0:
             return 0, None
         row = c.execute(
-            "SELECT hdr, codec, payload, sig FROM messages WHERE stream = ? AND seq = ?",
+            "SELECT id, hdr, codec, payload, sig FROM messages WHERE stream = ? AND seq = ?",
             (stream, last),
         ).fetchone()
         if row is None:
             raise StoreError(f"stream {stream}: seq {last} is not stored")
-        h = chain_hash(self._unpack(row[0], row[1], row[2], row[3]))
+        h = chain_hash(self._unpack(row[0], stream, last, row[1], row[2], row[3], row[4]))
         self._tips[stream] = (last, h)
         return last, h
 
-    def _unpack(self, hdr: int, codec: int, payload: bytes, sig: bytes | None) -> str:
-        return unpack_jws(self._header_text.get(hdr, ""), codec, payload, sig or b"", self._zd())
+    def _unpack(
+        self,
+        mid: int,
+        stream: str,
+        seq: int,
+        hdr: int,
+        codec: int,
+        payload: bytes,
+        sig: bytes | None,
+        fields: dict[int, dict[str, Any]] | None = None,
+    ) -> str:
+        header = self._header_text.get(hdr, "")
+        if codec == CODEC_FIELDS:
+            row = (fields if fields is not None else self._fields_rows([mid])).get(mid)
+            return self._compact_of_fields(header, stream, seq, sig or b"", row)
+        return unpack_jws(header, codec, payload, sig or b"", self._zd())
 
     def _store(
         self,
@@ -200,8 +218,10 @@ class Store(IntervalQueries, SampleStore):
         retain: bool,
         make: SignSeq,
         tips: dict[str, tuple[int, str]],
+        shape: int | None = None,
     ) -> tuple[int, int]:
-        """Inside a transaction: sign with the next seq and insert; (message id, seq)."""
+        """Inside a transaction: sign with the next seq and insert; (message id, seq).
+        ``shape`` (an interval record's key list): keep it as fields where byte-exact."""
         chained = stream in CHAINED_STREAMS
         if stream in tips:
             last, prev_h = tips[stream]
@@ -216,7 +236,13 @@ class Store(IntervalQueries, SampleStore):
         compact = make(seq, prev if chained else None)
         if not isinstance(compact, str) or not compact.isascii():
             raise StoreError("a signed message must be an ASCII compact JWS")
-        p = pack_jws(compact, self._zd())
+        form = None
+        if shape is not None and self.schema_version >= 3:
+            form = self._fields_form(c, compact, stream, seq, shape)
+        if form is not None:
+            p = PackedJws(form[0], CODEC_FIELDS, b"", form[1])
+        else:
+            p = pack_jws(compact, self._zd())
         hdr = self._header_id(c, p.header) if p.codec != CODEC_VERBATIM else 0
         mid = int(
             c.execute(
@@ -236,6 +262,8 @@ class Store(IntervalQueries, SampleStore):
             ).lastrowid
             or 0
         )
+        if form is not None:
+            self._insert_fields(c, mid, form[2], form[3])
         c.execute("INSERT OR REPLACE INTO seqs(stream, last) VALUES (?, ?)", (stream, seq))
         tips[stream] = (seq, chain_hash(compact))
         return mid, seq
@@ -293,10 +321,11 @@ class Store(IntervalQueries, SampleStore):
                 def make(seq: int, prev: str | None, rec: dict[str, Any] = rec) -> str:
                     return sign(rec, seq, prev)
 
-                mid, seq = self._store(c, "interval", topic, 1, False, make, tips)
+                shape = self._shape_id(c, list(rec))
+                mid, seq = self._store(c, "interval", topic, 1, False, make, tips, shape)
                 c.execute(
                     "INSERT INTO intervals(device, start, msg, shape) VALUES (?, ?, ?, ?)",
-                    (dev, start, mid, self._shape_id(c, list(rec))),
+                    (dev, start, mid, shape),
                 )
                 seqs.append(seq)
             c.execute(
@@ -315,11 +344,14 @@ class Store(IntervalQueries, SampleStore):
 
     def _rows(self, sql: str, args: Sequence[Any]) -> list[StoredMessage]:
         out: list[StoredMessage] = []
-        for mid, stream, seq, topic, qos, retain, hdr, codec, payload, sig in self.conn.execute(
+        rows = self.conn.execute(
             "SELECT id, stream, seq, topic, qos, retain, hdr, codec, payload, sig FROM messages "
             + sql,
             args,
-        ):
+        ).fetchall()
+        ids = [r[0] for r in rows if r[7] == CODEC_FIELDS]
+        fields = self._fields_rows(ids) if ids else {}
+        for mid, stream, seq, topic, qos, retain, hdr, codec, payload, sig in rows:
             out.append(
                 StoredMessage(
                     id=mid,
@@ -328,7 +360,7 @@ class Store(IntervalQueries, SampleStore):
                     topic=self._topic_text[topic],
                     qos=qos,
                     retain=bool(retain),
-                    payload=self._unpack(hdr, codec, payload, sig),
+                    payload=self._unpack(mid, stream, seq, hdr, codec, payload, sig, fields),
                 )
             )
         return out
@@ -344,15 +376,22 @@ class Store(IntervalQueries, SampleStore):
         zd, topics, heads = self._zd(), self._topic_text, self._header_text
         hb: dict[int, bytes] = {}
         out: list[WireMessage] = []
-        for mid, stream, seq, topic, qos, retain, hdr, codec, payload, sig in self.conn.execute(
+        rows = self.conn.execute(
             "SELECT id, stream, seq, topic, qos, retain, hdr, codec, payload, sig FROM messages"
             " WHERE sent = 0 AND id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
-        ):
-            h = hb.get(hdr)
-            if h is None:
-                h = hb[hdr] = heads.get(hdr, "").encode("ascii")
-            data = wire_jws(h, codec, payload, sig or b"", zd)
+        ).fetchall()
+        ids = [r[0] for r in rows if r[7] == CODEC_FIELDS]
+        fields = self._fields_rows(ids) if ids else {}
+        for mid, stream, seq, topic, qos, retain, hdr, codec, payload, sig in rows:
+            if codec == CODEC_FIELDS:  # an interval record kept as its fields
+                text = self._unpack(mid, stream, seq, hdr, codec, payload, sig, fields)
+                data = text.encode("ascii")
+            else:
+                h = hb.get(hdr)
+                if h is None:
+                    h = hb[hdr] = heads.get(hdr, "").encode("ascii")
+                data = wire_jws(h, codec, payload, sig or b"", zd)
             out.append(WireMessage(mid, stream, seq, topics[topic], qos, bool(retain), data))
         return out
 

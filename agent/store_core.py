@@ -75,6 +75,15 @@ class StoreCore:
         self._shapes: dict[str, int] = {
             str(k): int(i) for i, k in c.execute("SELECT id, keys FROM shapes")
         }
+        self._shape_sorted: dict[int, tuple[str, ...]] = {}  # shape id -> its keys, sorted
+        # texts of interval records kept as fields (schema 3, ``agent.store_fields``)
+        self._labels: dict[str, int] = {}
+        self._label_text: dict[int, str] = {}
+        self._json_text: dict[tuple[int, str], str] = {}  # (label, kind) -> its JSON text
+        if self.schema_version >= 3:
+            for i, t in c.execute("SELECT id, text FROM labels"):
+                self._labels[str(t)] = int(i)
+                self._label_text[int(i)] = str(t)
         # live streams: next seq to hand out and the durable reservation limit
         self._live: dict[str, tuple[int, int]] = {}
         self._tips: dict[str, tuple[int, str]] = {}  # chained stream -> (seq, chain hash)

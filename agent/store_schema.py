@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
+from agent.store_fields import CREATE_SQL as FIELDS_SQL
 from agent.store_zdict import ZDICT_V1
 
 if TYPE_CHECKING:  # imported where a migration runs: sqlite-utils costs ~4 MB of RSS
@@ -65,6 +66,14 @@ def _m2_refusals(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m3_fields(db: sqlite_utils.Database) -> None:
+    """Interval records in typed columns (``agent.store_fields``): ``labels`` (texts by id)
+    and ``interval_fields`` (one row per record kept in that form, keyed by its message).
+    Rows stored before keep their payload blob and are read as before."""
+    for sql in FIELDS_SQL:
+        db.conn.execute(sql)
+
+
 class _LazyDatabase:
     """Stands in for ``sqlite_utils.Database`` in ``migrate``: ``conn`` is the connection;
     any other attribute creates the real sqlite-utils object (importing it) first."""
@@ -82,7 +91,7 @@ class _LazyDatabase:
 
 
 Migration = Callable[["sqlite_utils.Database"], None]
-MIGRATIONS: list[Migration] = [_m1_base, _m2_refusals]
+MIGRATIONS: list[Migration] = [_m1_base, _m2_refusals, _m3_fields]
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] | None = None) -> int:

@@ -8,8 +8,9 @@ the file is opened ``immutable=1`` for one query at a time.
 
 The schema is the agent's (agent/store.py); messages are decoded here without importing
 the store module (its sqlite-utils import would cost the page server memory at rest): a
-stored message is either the compact JWS (codec 0) or the raw-deflated envelope with the
-store's preset dictionary (codec 1).
+stored message is either the compact JWS (codec 0), the raw-deflated envelope with the
+store's preset dictionary (codec 1), or an interval record kept in typed columns (codec 2,
+``interval_fields``, decoded by the pure ``agent.store_fields``).
 
 All methods run on one thread (the server's ``db`` executor); none is called from the
 event loop. A missing or unreadable database gives empty results, never an exception
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from agent import store_fields as sf
 from agent.timefmt import parse_time
 
 CODEC_VERBATIM = 0
 CODEC_DEFLATE_DICT1 = 1
+CODEC_FIELDS = 2
 
 
 def _ts(s: Any) -> float | None:
@@ -64,6 +67,9 @@ class StoreReader:
         self.conn: sqlite3.Connection | None = None
         self.zdict = b""
         self.immutable = False
+        self.fields = False  # the database has interval_fields (schema 3)
+        self.labels: dict[int, str] = {}
+        self.shapes: dict[int, tuple[str, ...]] = {}
 
     def _open(self) -> sqlite3.Connection | None:
         if self.conn is not None:
@@ -77,8 +83,12 @@ class StoreReader:
                 c.execute("PRAGMA query_only=ON")
                 c.execute("PRAGMA cache_size=-1000")  # 1 MB: memory at rest on a small box
                 row = c.execute("SELECT dict FROM zdicts WHERE id = 1").fetchone()
+                fields = c.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'interval_fields'"
+                ).fetchone()
             except sqlite3.Error:
                 continue
+            self.fields = fields is not None
             self.zdict = bytes(row[0]) if row else b""
             self.conn, self.immutable = c, immutable
             return c
@@ -109,16 +119,39 @@ class StoreReader:
         sql = "SELECT stream, count(*) FROM messages WHERE sent = 0 GROUP BY stream"
         return {str(s): int(n) for s, n in self._rows(sql)}
 
+    def _fields_body(self, row: tuple[Any, ...]) -> dict[str, Any] | None:
+        """The body of a record kept as fields (None when it cannot be decoded)."""
+        cols = dict(zip(sf.COLUMNS, row, strict=True))
+        try:
+            shape = int(cols["shape"])
+            if shape not in self.shapes or any(
+                type(cols[k]) is int and cols[k] not in self.labels for k in sf.LABEL_COLUMNS
+            ):  # stored since the last look: read the lookups again
+                self.shapes = {
+                    int(i): tuple(sorted(json.loads(k)))
+                    for i, k in self._rows("SELECT id, keys FROM shapes")
+                }
+                self.labels = {int(i): str(t) for i, t in self._rows("SELECT id, text FROM labels")}
+            return sf.decode_body(cols, self.shapes[shape], self.labels.__getitem__)
+        except (KeyError, ValueError, TypeError):
+            return None
+
     def intervals(self, device: str, start: float, end: float) -> list[dict[str, Any]]:
         """Record bodies of one device with period start in [start, end), by start."""
+        self._open()
+        extra = f", {sf.SELECT_COLUMNS}" if self.fields else ""
+        join = " LEFT JOIN interval_fields f ON f.msg = i.msg" if self.fields else ""
         sql = (
-            "SELECT m.codec, m.payload FROM intervals i JOIN messages m ON m.id = i.msg"
-            " WHERE i.device = ? AND i.start >= ? AND i.start < ? ORDER BY i.start"
+            f"SELECT m.codec, m.payload{extra} FROM intervals i JOIN messages m ON m.id = i.msg"
+            f"{join} WHERE i.device = ? AND i.start >= ? AND i.start < ? ORDER BY i.start"
         )
         out = []
-        for codec, payload in self._rows(sql, (device, int(start), int(end) + 1)):
-            env = decode_envelope(int(codec), bytes(payload), self.zdict)
-            body = env.get("body") if env else None
+        for codec, payload, *fields in self._rows(sql, (device, int(start), int(end) + 1)):
+            if codec == CODEC_FIELDS and fields:
+                body = self._fields_body(tuple(fields))
+            else:
+                env = decode_envelope(int(codec), bytes(payload), self.zdict)
+                body = env.get("body") if env else None
             t = _ts(body.get("start")) if isinstance(body, dict) else None
             if isinstance(body, dict) and t is not None and start <= t < end:
                 out.append(body)
