@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from agent.config import Config
     from agent.degraded import StorageGuard
     from agent.meters import MeterWatch
+    from agent.outbox import Outgoing
     from agent.runner_channel import Channel
-    from agent.uplink import Outgoing, Uplink
+    from agent.uplink import Uplink
     from drivers.types import Clock
 
 log = logging.getLogger("dh.agent")

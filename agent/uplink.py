@@ -43,12 +43,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as paho
 
 from agent.jws import Signer, envelope
+from agent.outbox import Outbox as Outbox
+from agent.outbox import Outgoing as Outgoing
 from agent.uplink_conn import (
     INBOX_SIZE,
     MAX_INBOUND_BYTES,
@@ -89,34 +91,6 @@ mqtt_log = logging.getLogger(f"{__name__}.mqtt")
 mqtt_log.setLevel(logging.ERROR)
 
 T = TypeVar("T")
-
-
-class Outgoing(Protocol):
-    """One stored message (``agent.store.StoredMessage``)."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def stream(self) -> str: ...
-    @property
-    def seq(self) -> int: ...
-    @property
-    def topic(self) -> str: ...
-    @property
-    def qos(self) -> int: ...
-    @property
-    def retain(self) -> bool: ...
-    @property
-    def payload(self) -> str: ...
-
-
-class Outbox(Protocol):
-    """What the uplink needs from ``agent.store.Store``."""
-
-    def next_seq(self, stream: str) -> int: ...
-    def unsent(self, limit: int, after_id: int = 0) -> Sequence[Outgoing]: ...
-    def mark_sent(self, ids: Sequence[int]) -> None: ...
-    def mark_refused(self, items: Sequence[tuple[int, int, str]]) -> None: ...
 
 
 @dataclass(frozen=True)

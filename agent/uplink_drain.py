@@ -31,17 +31,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as paho
 
 from agent.jws import b64u_decode
+from agent.outbox import Outbox, Outgoing
 from agent.uplink_window import Window
 from agent.uplink_wire import begin_burst, end_burst
 
-if TYPE_CHECKING:
-    from agent.uplink import Outgoing, Uplink
-
+T = TypeVar("T")
 log = logging.getLogger("agent.uplink")
 
 # MQTT 5 reason codes (PUBACK) after which the same message would be refused again
@@ -132,7 +131,26 @@ class Marks:
         return sid in self.unmarked or sid in self.unmarked_refused
 
 
-OnRefused = Callable[["Outgoing", Refusal], Coroutine[Any, Any, None]]
+OnRefused = Callable[[Outgoing, Refusal], Coroutine[Any, Any, None]]
+
+
+class DrainHost(Protocol):
+    """What a drain uses of its uplink (``agent.uplink.Uplink``)."""
+
+    store: Outbox
+    clock: Callable[[], float]
+    batch: int
+    timeout_s: float
+    on_refused: OnRefused | None
+    background: set[asyncio.Task[None]]
+    wake_event: asyncio.Event
+    marks: Marks
+    holds: dict[str, StreamHold]
+    published: int
+    inflight_peak: int
+    last_publish: float | None
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -143,7 +161,7 @@ def _wake(fut: asyncio.Future[None]) -> None:
 class Drain:
     """One session's drain; ``run()`` until cancelled or the session is lost."""
 
-    def __init__(self, up: Uplink, inner: paho.Client, window: Window) -> None:
+    def __init__(self, up: DrainHost, inner: paho.Client, window: Window) -> None:
         self.up = up
         self.inner = inner
         self.original: Any = inner.on_publish
