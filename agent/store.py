@@ -79,6 +79,7 @@ from agent.store_codec import (
     unpack_jws,
 )
 from agent.store_intervals import CODEC_FIELDS, IntervalQueries
+from agent.store_refusals import RefusalRecords
 from agent.store_samples import SampleStore
 from agent.store_schema import MIGRATIONS, Migration, StoreError, migrate
 from agent.store_wire import WireMessage, wire_jws
@@ -115,7 +116,7 @@ SignSeq = Callable[[int, str | None], str]
 SEQ_BLOCK = 64  # live-stream seqs reserved per durable write
 
 
-class Store(IntervalQueries, SampleStore):
+class Store(IntervalQueries, SampleStore, RefusalRecords):
     """The agent's store: meta and raw samples (from the base classes), the interval-record
     queries (``agent.store_intervals``), seqs, stored signed messages and interval records."""
 
@@ -406,45 +407,6 @@ class Store(IntervalQueries, SampleStore):
                 (repr(float(self.clock())),),
             )
 
-    def mark_refused(self, items: Sequence[tuple[int, int, str]]) -> None:
-        """Record messages the broker refused for good: (id, reason code, reason). They leave
-        the backlog (``sent = 2``) and stay stored; ``mark_unsent`` queues them again."""
-        self._check()
-        if not items:
-            return
-        now = float(self.clock())
-        with self._txn(durable=False) as c:
-            for mid, code, reason in items:
-                c.execute("UPDATE messages SET sent = 2 WHERE id = ?", (int(mid),))
-                c.execute(
-                    "INSERT OR REPLACE INTO refusals(msg, code, reason, time) VALUES (?, ?, ?, ?)",
-                    (int(mid), int(code), str(reason), now),
-                )
-
-    def refused(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Messages refused by the broker and not queued again, oldest first."""
-        self._check()
-        if self.schema_version < 2:  # an older database opened read-only
-            return []
-        return [
-            {"stream": s, "seq": int(q), "code": int(c), "reason": r, "time": float(t)}
-            for s, q, c, r, t in self.conn.execute(
-                "SELECT m.stream, m.seq, f.code, f.reason, f.time FROM refusals f"
-                " JOIN messages m ON m.id = f.msg WHERE m.sent = 2 ORDER BY f.msg LIMIT ?",
-                (limit,),
-            )
-        ]
-
-    def refused_count(self) -> dict[str, int]:
-        """Refused messages per stream."""
-        self._check()
-        return {
-            str(s): int(n)
-            for s, n in self.conn.execute(
-                "SELECT stream, count(*) FROM messages WHERE sent = 2 GROUP BY stream"
-            )
-        }
-
     def mark_unsent(self, stream: str, from_seq: int, to_seq: int) -> int:
         """Queue stored messages again (``cmd resend``; refused ones too); returns how many
         are stored in the range (whether they were sent, refused or still pending)."""
@@ -485,11 +447,6 @@ class Store(IntervalQueries, SampleStore):
         """Wall time of the last broker acknowledgement of a stored message."""
         v = self.get_meta("last_publish")
         return float(v) if v else None
-
-    def seq_status(self) -> dict[str, int]:
-        """The last seq per stream (for live streams: the reserved limit)."""
-        self._check()
-        return {str(s): int(n) for s, n in self.conn.execute("SELECT stream, last FROM seqs")}
 
     def event_bodies(self, from_seq: int = 1) -> list[dict[str, Any]]:
         """The bodies of the stored events from ``from_seq`` on, in seq order."""

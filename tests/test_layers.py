@@ -21,7 +21,8 @@ DECISIONS = (
         "advice", "aggregator", "counter_chain", "customer_map", "events", "finite",
         "limiter", "limiter_events", "limiter_law", "limiter_override", "limiter_state",
         "meters", "monitors", "plausibility", "plausibility_water", "protocol", "stamping",
-        "store_bulk", "store_codec", "timefmt", "config_schema", "web/charts", "web/pages",
+        "store_bulk", "store_codec", "store_fields", "store_wire", "outbox", "uplink_window",
+        "timefmt", "config_schema", "web/charts", "web/pages",
         "web/svg")),
     *(f"drivers/{m}.py" for m in (
         "health", "mbus_app", "mbus_codec", "mbus_frame", "mbus_map", "mbus_vif", "types")),
