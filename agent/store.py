@@ -205,6 +205,8 @@ class Store(IntervalQueries, SampleStore, RefusalRecords):
         fields: dict[int, dict[str, Any]] | None = None,
     ) -> str:
         header = self._header_text.get(hdr, "")
+        if codec == CODEC_FIELDS and payload:  # not yet sent: its compressed payload
+            return unpack_jws(header, CODEC_DEFLATE_DICT1, payload, sig or b"", self._zd())
         if codec == CODEC_FIELDS:
             row = (fields if fields is not None else self._fields_rows([mid])).get(mid)
             return self._compact_of_fields(header, stream, seq, sig or b"", row)
@@ -265,6 +267,13 @@ class Store(IntervalQueries, SampleStore, RefusalRecords):
         )
         if form is not None:
             self._insert_fields(c, mid, form[2], form[3])
+            # until the broker has it, the compressed payload too (``undelivered``): the
+            # drain reads it as cheaply as a blob; ``mark_sent`` deletes it
+            blob = pack_jws(compact, self._zd())
+            if blob.codec == CODEC_DEFLATE_DICT1 and blob.header == p.header:
+                c.execute(
+                    "INSERT INTO undelivered(msg, payload) VALUES (?, ?)", (mid, blob.payload)
+                )
         c.execute("INSERT OR REPLACE INTO seqs(stream, last) VALUES (?, ?)", (stream, seq))
         tips[stream] = (seq, chain_hash(compact))
         return mid, seq
@@ -346,11 +355,13 @@ class Store(IntervalQueries, SampleStore, RefusalRecords):
     def _rows(self, sql: str, args: Sequence[Any]) -> list[StoredMessage]:
         out: list[StoredMessage] = []
         rows = self.conn.execute(
-            "SELECT id, stream, seq, topic, qos, retain, hdr, codec, payload, sig FROM messages "
+            "SELECT id, stream, seq, topic, qos, retain, hdr, codec, "
+            + self._payload_sql
+            + " "
             + sql,
             args,
         ).fetchall()
-        ids = [r[0] for r in rows if r[7] == CODEC_FIELDS]
+        ids = [r[0] for r in rows if r[7] == CODEC_FIELDS and not r[8]]
         fields = self._fields_rows(ids) if ids else {}
         for mid, stream, seq, topic, qos, retain, hdr, codec, payload, sig in rows:
             out.append(
@@ -366,6 +377,17 @@ class Store(IntervalQueries, SampleStore, RefusalRecords):
             )
         return out
 
+    @property
+    def _payload_sql(self) -> str:
+        """The columns from ``payload, sig`` on, out of ``messages``: for a record kept as
+        fields and not yet delivered, its compressed payload from ``undelivered``."""
+        if self.schema_version < 3:
+            return "payload, sig FROM messages"
+        return (
+            "coalesce(u.payload, messages.payload), sig FROM messages"
+            " LEFT JOIN undelivered u ON u.msg = messages.id"
+        )
+
     def unsent(self, limit: int, after_id: int = 0) -> list[StoredMessage]:
         """Stored messages not yet acknowledged by the broker, oldest id first."""
         self._check()
@@ -378,14 +400,17 @@ class Store(IntervalQueries, SampleStore, RefusalRecords):
         hb: dict[int, bytes] = {}
         out: list[WireMessage] = []
         rows = self.conn.execute(
-            "SELECT id, stream, seq, topic, qos, retain, hdr, codec, payload, sig FROM messages"
-            " WHERE sent = 0 AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, stream, seq, topic, qos, retain, hdr, codec, "
+            + self._payload_sql
+            + " WHERE sent = 0 AND id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         ).fetchall()
-        ids = [r[0] for r in rows if r[7] == CODEC_FIELDS]
+        ids = [r[0] for r in rows if r[7] == CODEC_FIELDS and not r[8]]
         fields = self._fields_rows(ids) if ids else {}
         for mid, stream, seq, topic, qos, retain, hdr, codec, payload, sig in rows:
-            if codec == CODEC_FIELDS:  # an interval record kept as its fields
+            if codec == CODEC_FIELDS and payload:  # not yet sent: its compressed payload
+                codec = CODEC_DEFLATE_DICT1
+            if codec == CODEC_FIELDS:  # an interval record kept as its fields only
                 text = self._unpack(mid, stream, seq, hdr, codec, payload, sig, fields)
                 data = text.encode("ascii")
             else:
@@ -401,7 +426,10 @@ class Store(IntervalQueries, SampleStore, RefusalRecords):
         if not ids:
             return
         with self._txn(durable=False) as c:
-            c.executemany("UPDATE messages SET sent = 1 WHERE id = ?", [(int(i),) for i in ids])
+            rows = [(int(i),) for i in ids]
+            c.executemany("UPDATE messages SET sent = 1 WHERE id = ?", rows)
+            if self.schema_version >= 3:
+                c.executemany("DELETE FROM undelivered WHERE msg = ?", rows)
             c.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_publish', ?)",
                 (repr(float(self.clock())),),

@@ -99,6 +99,9 @@ CREATE_SQL = (
     "CREATE TABLE interval_fields (msg INTEGER PRIMARY KEY, "
     + ", ".join(f'"{c}"' for c in COLUMNS)
     + ")",
+    # the compressed payload of a record kept as fields, only until the broker has it (the
+    # drain reads it as cheaply as a blob); a small table whose pages are reused
+    "CREATE TABLE undelivered (msg INTEGER PRIMARY KEY, payload BLOB NOT NULL)",
 )
 SELECT_COLUMNS = ", ".join(f'f."{c}"' for c in COLUMNS)
 _MAX_EXACT = 2**53

@@ -125,8 +125,14 @@ def test_records_are_kept_as_fields_and_rebuilt_byte_exactly(tmp_path: Path) -> 
     st_.commit_intervals("hm2", "{}", [hm(i, "hm2") for i in range(5)], "t/interval", sign)
     assert codecs(st_) == [CODEC_FIELDS] * 35
     assert fast_flags(st_) == [1] * 35
-    payload = st_.conn.execute("SELECT sum(length(payload)) FROM messages").fetchone()[0]
-    assert payload == 0  # the envelope lives in the columns only
+    def payload_bytes() -> int:
+        return int(st_.conn.execute("SELECT sum(length(payload)) FROM messages").fetchone()[0])
+
+    def undelivered() -> int:
+        return int(st_.conn.execute("SELECT count(*) FROM undelivered").fetchone()[0])
+
+    assert payload_bytes() == 0  # the envelope lives in the columns ...
+    assert undelivered() == 35  # ... and, until the broker has it, compressed (the drain)
     assert_byte_exact(st_, sign.out)
     assert_exports_equal(st_)
     assert_exports_equal(st_, "hm2")
@@ -137,8 +143,11 @@ def test_records_are_kept_as_fields_and_rebuilt_byte_exactly(tmp_path: Path) -> 
         s.encode("ascii") for s in sign.out[10:13]
     ]
     st_.mark_sent([m.id for m in st_.unsent(100)])
-    assert st_.mark_unsent("interval", 3, 7) == 5
+    assert undelivered() == 0  # sent: the record lives in its columns only
+    assert_byte_exact(st_, sign.out)
+    assert st_.mark_unsent("interval", 3, 7) == 5  # a resend rebuilds from the columns
     assert [m.payload for m in st_.unsent(100)] == sign.out[2:7]
+    assert [m.data for m in st_.unsent_wire(100)] == [s.encode("ascii") for s in sign.out[2:7]]
     st_.close()
     # reopened (the chain tip is rebuilt from the columns): the chain goes on
     st_ = Store(tmp_path / "agent.db")
@@ -237,7 +246,9 @@ def test_random_records_are_byte_exact_and_export_as_python_writes(
         # every record whose keys all have a column is rebuilt exactly: kept as fields
         want = [CODEC_DEFLATE_DICT1 if "odd_key" in r else CODEC_FIELDS for r in recs]
         assert codecs(st_) == want
-        assert_byte_exact(st_, sign.out)
+        assert_byte_exact(st_, sign.out)  # unsent: read from the payload riding along
+        st_.mark_sent([m.id for m in st_.unsent(len(recs) + 1)])
+        assert_byte_exact(st_, sign.out)  # sent: rebuilt from the columns
         assert_exports_equal(st_)
         st_.close()
 
