@@ -125,6 +125,7 @@ def test_records_are_kept_as_fields_and_rebuilt_byte_exactly(tmp_path: Path) -> 
     st_.commit_intervals("hm2", "{}", [hm(i, "hm2") for i in range(5)], "t/interval", sign)
     assert codecs(st_) == [CODEC_FIELDS] * 35
     assert fast_flags(st_) == [1] * 35
+
     def payload_bytes() -> int:
         return int(st_.conn.execute("SELECT sum(length(payload)) FROM messages").fetchone()[0])
 
