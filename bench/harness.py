@@ -79,6 +79,12 @@ class Rig:
         self.agent: subprocess.Popen[bytes] | None = None
         self.bare: subprocess.Popen[bytes] | None = None
         self.config = self.work / "agent.toml"
+        # the live snapshot in RAM, as on a gateway (/run/dh-agent, a tmpfs): it is
+        # rewritten every few seconds and must not count as SD-card writes
+        shm = Path("/dev/shm")
+        self.run_dir = Path(
+            tempfile.mkdtemp(prefix="dh-bench-run-", dir=shm if shm.is_dir() else None)
+        )
 
     def __enter__(self) -> Rig:
         self.broker.start()
@@ -111,9 +117,9 @@ class Rig:
             f'[mqtt]\nurl = "mqtt://127.0.0.1:{self.broker.port}"\n\n'
             '[keys]\nagent_key = "agent.key"\noperator_pubkeys = ["operator.pub"]\n\n'
             f'[storage]\npath = "agent.db"\n{flush}\n'
-            '[live]\npath = "live.json"\n\n'
+            f'[live]\npath = "{self.run_dir / "live.json"}"\n\n'
             "[contract]\nflow_limit_m3h = 2.5\nenforce = true\n"
-            + devices_toml(host, int(port), ("hm1", "dp1", "valve"), self.poll_s)
+            + devices_toml(host, int(port), poll_s=self.poll_s)
         )
         return self
 
@@ -165,6 +171,7 @@ class Rig:
         self.broker.stop()
         if not os.environ.get("DH_BENCH_KEEP"):
             shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def proc_io_write_bytes(pid: int) -> int:
