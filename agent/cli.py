@@ -151,7 +151,7 @@ def _add_demo_parser(sub: Subparsers) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # `run` starts without the cyclic garbage collector: over the start-up imports it would
-    # run some fifty collections (about 5 ms before the first publish); the agent enables it
+    # run some fifty collections (2-5 ms before the first publish); the agent enables it
     # once started (``Agent.open_devices``), the other commands right after parsing
     gc.disable()
     try:
