@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 import time
@@ -278,6 +279,10 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         self.lstate = saved or LimiterState.initial()
         if saved is not None:
             log.info("limiter state restored: %s", limiter_store.describe(saved))
+        # started: the collector `dh-agent run` starts without (agent.cli.main) is back, and
+        # what it frees with the start-up heap goes back to the OS
+        gc.enable()
+        gc.collect()
         release_free_memory()
         log.info(
             "dh-agent started: site %s, boot %d, %d devices, period %d s",

@@ -149,3 +149,62 @@ def test_running_agent_has_no_cryptography_mapped() -> None:
         assert agent.poll() is None
         assert "libcrypto" in maps  # the probe is right: the system library is there
         assert "/cryptography/" not in maps
+
+
+def test_run_starts_without_cyclic_gc(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`dh-agent run` imports and opens without the cyclic collector (some fifty
+    collections over the start-up imports, about 5 ms of the first publish); every other
+    command gets it back before it runs, and `main` leaves it enabled."""
+    import gc
+
+    from agent import cli, cli_commands, runner
+    from tests.support.rig import write_config
+
+    cfg = write_config(tmp_path, 1502, "mqtt://127.0.0.1:1883")
+    seen: dict[str, bool] = {}
+
+    def fake_run(c: object) -> int:
+        seen["run"] = gc.isenabled()
+        return 0
+
+    def fake_check(args: object) -> int:
+        seen["check-config"] = gc.isenabled()
+        return 0
+
+    monkeypatch.setattr(runner, "run_agent", fake_run)
+    monkeypatch.setitem(cli_commands.HANDLERS, "check-config", fake_check)
+    assert cli.main(["run", "--config", str(cfg)]) == 0
+    assert gc.isenabled()
+    assert cli.main(["check-config", "--config", str(cfg)]) == 0
+    assert seen == {"run": False, "check-config": True}
+    assert gc.isenabled()
+
+
+def test_agent_enables_gc_once_started(tmp_path: Path) -> None:
+    """The agent turns the collector back on once started (devices opened), even when the
+    broker is not there: a long-running daemon must not run without it."""
+    import asyncio
+    import gc
+
+    from agent.config import load
+    from agent.runner import Agent
+    from tests.support.rig import write_config
+
+    cfg = load(write_config(tmp_path, 1, "mqtt://127.0.0.1:1"))  # nothing listens on 1
+
+    async def main() -> bool:
+        agent = Agent(cfg)
+        task = asyncio.create_task(agent.run())
+        deadline = time.monotonic() + 15
+        while not gc.isenabled() and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.05)
+        enabled, started = gc.isenabled(), bool(agent.channels)
+        agent.stopping.set()
+        await asyncio.wait_for(task, 30)
+        return enabled and started
+
+    gc.disable()
+    try:
+        assert asyncio.run(main())
+    finally:
+        gc.enable()
