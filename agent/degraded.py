@@ -24,6 +24,7 @@ seq reserved before (a jump, allowed on live streams); the store adopts them whe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import sqlite3
@@ -137,6 +138,7 @@ class StorageGuard:
         self.store: Store | None = None
         self.state = StorageState()
         self.events: deque[dict[str, Any]] = deque()
+        self.events_lock = asyncio.Lock()  # one writer of ``events`` at a time
         self.samples: list[Any] = []
         self.dropped_events = 0
         self.dropped_samples = 0

@@ -53,13 +53,16 @@ class StorageMixin:
         g = self.storage
         topic, sign = f"{self.topic}/event", self.sign_body("event")
         stored = 0
-        while g.events:
-            body = g.events[0]
-            ok, _ = await g.run("event", Store.add_event, body, topic, sign)
-            if not ok:
-                break
-            g.events.popleft()
-            stored += 1
+        # one flusher at a time: two (an emitter and the storage loop) would both store
+        # the head event, then pop twice (a duplicate, and a lost or failed pop)
+        async with g.events_lock:
+            while g.events:
+                body = g.events[0]
+                ok, _ = await g.run("event", Store.add_event, body, topic, sign)
+                if not ok:
+                    break
+                g.events.popleft()
+                stored += 1
         if stored and self.uplink is not None:
             self.uplink.wake()
 
