@@ -21,6 +21,7 @@ from agent.keys import keygen
 from agent.store import Store
 from agent.timefmt import rfc3339
 from drivers.types import Quality, Reading, Value
+from simulator.layout import devices_toml
 from tests.support.rig import BIN, free_port, stop, wait_until
 
 SITE = "web-site"
@@ -50,36 +51,12 @@ every_s = 5
 flow_limit_m3h = 2.5
 enforce = true
 
-{web}
-[[devices]]
-name = "hm1"
-role = "heat_meter"
-profile = "sim-heat-meter"
-transport = "tcp"
-port = 5020
-unit = 1
-
-[[devices]]
-name = "dp1"
-role = "dp_sensor"
-profile = "sim-dp-sensor"
-transport = "tcp"
-port = 5020
-unit = 2
-
-[[devices]]
-name = "act1"
-role = "actuator"
-profile = "sim-actuator"
-transport = "tcp"
-port = 5020
-unit = 3
-"""
+{web}"""
 
 
 def config_text(site: str = SITE, web: str = "", storage: str = "agent.db") -> str:
     """agent.toml of a site with the simulator's three devices; ``web``: extra sections."""
-    return CONFIG.format(site=site, web=web, storage=storage)
+    return CONFIG.format(site=site, web=web, storage=storage) + devices_toml("127.0.0.1", 5020)
 
 
 def heat_record(start: float, k: int) -> dict[str, Any]:
