@@ -4,9 +4,11 @@ holding them all, and ``ConfigError`` listing every problem of an invalid docume
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
+
+from drivers.frozen import frozen
 
 
 class ConfigError(ValueError):
@@ -17,7 +19,7 @@ class ConfigError(ValueError):
         self.problems = problems
 
 
-@dataclass(frozen=True)
+@frozen
 class PlausibilityParams:
     """The ``[plausibility]`` section (agent/plausibility.py uses it; defined here so the
     config does not import the checks themselves)."""
@@ -40,13 +42,13 @@ class PlausibilityParams:
     end_after_s: float = 300.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SiteCfg:
     id: str
     period_s: int = 3600
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MqttCfg:
     url: str
     topic_prefix: str = "dh/v1"
@@ -60,13 +62,13 @@ class MqttCfg:
     telemetry_s: float = 10.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeysCfg:
     agent_key: Path
     operator_pubkeys: tuple[Path, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StorageCfg:
     path: Path
     max_mb: float = 512.0
@@ -75,14 +77,14 @@ class StorageCfg:
     sample_every_s: float = 10.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ContractCfg:
     flow_limit_m3h: float | None = None
     power_limit_kw: float | None = None
     enforce: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeliveryCfg:
     supply_min_c: float = 65.0
     supply_max_c: float = 120.0
@@ -93,7 +95,7 @@ class DeliveryCfg:
     debounce_s: float = 10.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LimiterCfg:
     actuator: str | None = None
     watchdog_s: int = 60
@@ -105,7 +107,7 @@ class LimiterCfg:
 DEFAULT_LIVE_PATH = Path("/run/dh-agent/live.json")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LiveCfg:
     """The live snapshot file (docs/live-snapshot.md)."""
 
@@ -113,7 +115,7 @@ class LiveCfg:
     every_s: float = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WebCfg:
     """The technician's page, ``dh-agent serve`` (docs/web.md)."""
 
@@ -124,7 +126,7 @@ class WebCfg:
     refresh_s: int = 10
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CustomerCfg:
     """The customer's read-only Modbus TCP server (docs/customer-modbus.md)."""
 
@@ -135,7 +137,7 @@ class CustomerCfg:
     idle_timeout_s: float = 120.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeviceCfg:
     name: str
     role: str
@@ -155,7 +157,7 @@ class DeviceCfg:
     secondary: str | None = None  # mbus: 8-digit identification number
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Config:
     site: SiteCfg
     mqtt: MqttCfg

@@ -9,8 +9,9 @@ imports from the rest of the project, so any module (drivers included) may use i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final, Literal, get_args
+
+from drivers.frozen import frozen
 
 # --- device roles -----------------------------------------------------------------------
 
@@ -30,7 +31,7 @@ CHAINED_STREAMS: Final = frozenset({"interval", "event"})  # stored, seq + prev 
 # --- topics (below ``<topic_prefix>/<site>/``) ---------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Topic:
     suffix: str  # after "<topic_prefix>/<site>/"
     stream: Stream  # the stream its envelope names

@@ -21,7 +21,6 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,14 @@ from agent.finite import all_finite
 from agent.jws import JWSError, verify
 from agent.protocol import CHAINED_STREAMS, CMD_RESEND, COMMANDS
 from agent.timefmt import parse_time
+from drivers.frozen import frozen
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEPTH = 32
 CMD_WINDOW_S = 600.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Decision:
     ack: dict[str, Any]
     accepted: bool

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -96,6 +97,7 @@ class LoopsMixin:
         from agent import snapshot  # loaded after the first connect (start-up time)
 
         cfg, c, up = self.cfg, self.cfg.contract, self.uplink
+        terms = {f.name: getattr(cfg.delivery, f.name) for f in dataclasses.fields(cfg.delivery)}
         return snapshot.build_snapshot(
             site=cfg.site.id,
             wall=self.clock.wall(),
@@ -107,7 +109,7 @@ class LoopsMixin:
             period_s=cfg.site.period_s,
             contract={"flow_limit_m3h": c.flow_limit_m3h, "power_limit_kw": c.power_limit_kw,
                       "enforce": c.enforce},
-            delivery={k: getattr(cfg.delivery, k) for k in cfg.delivery.__slots__},
+            delivery=terms,
             devices=[
                 snapshot.DeviceView(
                     name=name, role=ch.params.role, transport=ch.device.spec.transport,

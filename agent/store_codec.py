@@ -7,19 +7,19 @@ import binascii
 import json
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from agent.jws import b64u_decode, b64u_encode
 from agent.store_schema import StoreError
 from agent.timefmt import to_unix
+from drivers.frozen import frozen
 
 CODEC_VERBATIM = 0  # payload column = the whole compact JWS as ASCII
 CODEC_DEFLATE_DICT1 = 1  # payload = raw deflate of the envelope bytes, preset dictionary 1
 SAMPLE_FORMAT = 1
 
 
-@dataclass(frozen=True)
+@frozen
 class SampleRow:
     device: str
     ts: float | None
@@ -31,7 +31,7 @@ class SampleRow:
     flags: list[str]
 
 
-@dataclass(frozen=True)
+@frozen
 class StoredMessage:
     id: int
     stream: str
@@ -42,7 +42,7 @@ class StoredMessage:
     payload: str  # the compact JWS, byte-exact
 
 
-@dataclass(frozen=True)
+@frozen
 class PackedJws:
     header: str  # protected header segment (base64url), or "" for verbatim
     codec: int

@@ -42,7 +42,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiomqtt
@@ -68,6 +67,7 @@ from agent.uplink_conn import (
 from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold
 from agent.uplink_window import Window
 from agent.uplink_wire import buffered_reads, quiet_logging
+from drivers.frozen import frozen
 
 __all__ = [
     "BrokerAddress",
@@ -93,7 +93,7 @@ mqtt_log.setLevel(logging.ERROR)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@frozen
 class MqttSettings:
     url: str
     topic_prefix: str

@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from drivers.frozen import frozen
 
 # subscribed messages (config/set, cmd): the operator's limit is 64 KiB; the broker is told
 # (MQTT 5 Maximum Packet Size) not to send a packet much larger, and at most INBOX_SIZE
@@ -30,7 +31,7 @@ def connect_properties() -> Properties:
     return props
 
 
-@dataclass(frozen=True)
+@frozen
 class BrokerAddress:
     host: str
     port: int

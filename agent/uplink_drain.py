@@ -39,6 +39,7 @@ from agent.jws import b64u_decode
 from agent.outbox import Outbox, Outgoing
 from agent.uplink_window import Window
 from agent.uplink_wire import begin_burst, end_burst
+from drivers.frozen import frozen
 
 T = TypeVar("T")
 log = logging.getLogger("agent.uplink")
@@ -61,7 +62,7 @@ class SessionLost(Exception):
     """A stored publish failed: the connection is not usable any more."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Refusal:
     code: int
     reason: str

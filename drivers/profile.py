@@ -40,11 +40,11 @@ import itertools
 import math
 import struct
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from agent.protocol import ROLES
+from drivers.frozen import frozen
 from drivers.types import Quality, Value
 
 RegType = Literal["u16", "s16", "u32", "s32", "f32"]
@@ -59,7 +59,7 @@ class ProfileError(ValueError):
     """A profile file that does not describe a usable register map."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Register:
     name: str
     address: int
@@ -87,7 +87,7 @@ class Register:
         return self.address + self.count
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Profile:
     name: str
     role: str
@@ -107,7 +107,7 @@ class Profile:
         return any(r.name == name for r in self.registers)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReadBlock:
     """One Modbus read request covering one or more registers."""
 
