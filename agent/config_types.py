@@ -8,7 +8,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from drivers.frozen import frozen
+from drivers.dataclass_lite import frozen
 
 
 class ConfigError(ValueError):

@@ -32,12 +32,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.store import Store, StoredMessage
+from drivers.dataclass_lite import mutable
 
 log = logging.getLogger("dh.storage")
 T = TypeVar("T")
@@ -58,7 +58,7 @@ def is_corrupt(e: BaseException) -> bool:
     return type(e) is sqlite3.DatabaseError
 
 
-@dataclass
+@mutable
 class StorageState:
     """Pure bookkeeping of the degraded mode (times as arguments)."""
 

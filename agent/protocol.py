@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final, Literal, get_args
 
-from drivers.frozen import frozen
+from drivers.dataclass_lite import frozen
 
 # --- device roles -----------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from agent.finite import all_finite
 from agent.jws import JWSError, verify
 from agent.protocol import CHAINED_STREAMS, CMD_RESEND, COMMANDS
 from agent.timefmt import parse_time
-from drivers.frozen import frozen
+from drivers.dataclass_lite import frozen
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEPTH = 32

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from agent.protocol import HEAT_METER
+from drivers.dataclass_lite import mutable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from drivers.types import Reading
 
 
-@dataclass
+@mutable
 class Channel:
     """Per-device pipeline state."""
 

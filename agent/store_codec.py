@@ -12,7 +12,7 @@ from typing import Any
 from agent.jws import b64u_decode, b64u_encode
 from agent.store_schema import StoreError
 from agent.timefmt import to_unix
-from drivers.frozen import frozen
+from drivers.dataclass_lite import frozen
 
 CODEC_VERBATIM = 0  # payload column = the whole compact JWS as ASCII
 CODEC_DEFLATE_DICT1 = 1  # payload = raw deflate of the envelope bytes, preset dictionary 1

@@ -37,8 +37,10 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from drivers.dataclass_lite import mutable
 
 
 def b64u_encode(data: bytes) -> str:
@@ -143,7 +145,7 @@ def _token(v: Any) -> bytes:
     return json.dumps(v, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
 
-@dataclass
+@mutable
 class Encoded:
     """A record's column values; ``checks``: (SQL expression, parameter, expected text) the
     write-time check runs; ``fast`` until a value is found that SQLite cannot format."""

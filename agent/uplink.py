@@ -67,7 +67,7 @@ from agent.uplink_conn import (
 from agent.uplink_drain import Drain, Marks, OnRefused, SessionLost, StreamHold
 from agent.uplink_window import Window
 from agent.uplink_wire import buffered_reads, quiet_logging
-from drivers.frozen import frozen
+from drivers.dataclass_lite import frozen
 
 __all__ = [
     "BrokerAddress",

@@ -14,7 +14,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from drivers.frozen import frozen
+from drivers.dataclass_lite import frozen
 
 # subscribed messages (config/set, cmd): the operator's limit is 64 KiB; the broker is told
 # (MQTT 5 Maximum Packet Size) not to send a packet much larger, and at most INBOX_SIZE

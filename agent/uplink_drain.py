@@ -30,7 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as paho
@@ -39,7 +39,7 @@ from agent.jws import b64u_decode
 from agent.outbox import Outbox, Outgoing
 from agent.uplink_window import Window
 from agent.uplink_wire import begin_burst, end_burst
-from drivers.frozen import frozen
+from drivers.dataclass_lite import frozen, mutable
 
 T = TypeVar("T")
 log = logging.getLogger("agent.uplink")
@@ -107,7 +107,7 @@ def hold_delay(attempt: int) -> float:
     return float(min(HOLD_CAP_S, HOLD_BASE_S * 2.0 ** min(attempt, 30)))
 
 
-@dataclass
+@mutable
 class StreamHold:
     """A stream held after a transient refusal: not published before ``until``."""
 
@@ -115,7 +115,7 @@ class StreamHold:
     attempt: int = 0
 
 
-@dataclass
+@mutable
 class Marks:
     """Acknowledged (``unmarked``) or refused (``unmarked_refused``) messages not yet written
     to the store: skipped by the publisher until written (kept across sessions, so a failing

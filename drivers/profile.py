@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.protocol import ROLES
-from drivers.frozen import frozen
+from drivers.dataclass_lite import frozen
 from drivers.types import Quality, Value
 
 RegType = Literal["u16", "s16", "u32", "s32", "f32"]

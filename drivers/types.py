@@ -6,9 +6,11 @@ limiter, monitors, uplink) speaks in these types.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
 from typing import Any, Protocol
+
+from drivers.dataclass_lite import frozen
 
 
 class Quality(StrEnum):
@@ -28,7 +30,7 @@ class Health(StrEnum):
     OFFLINE = "offline"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Value:
     """One decoded register value with its unit and quality."""
 
@@ -44,7 +46,7 @@ class Value:
         return {"value": self.value, "unit": self.unit, "quality": str(self.quality)}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reading:
     """The result of one poll of one device.
 

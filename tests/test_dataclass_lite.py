@@ -1,5 +1,5 @@
-"""``drivers.frozen.frozen`` behaves as ``dataclass(frozen=True, slots=True)`` does, for
-every use it documents (pure: no I/O)."""
+"""``drivers.dataclass_lite``: ``@frozen`` behaves as ``dataclass(frozen=True, slots=True)``
+and ``@mutable`` as ``dataclass`` do, for every use the module documents (pure: no I/O)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 
-from drivers.frozen import frozen
+from drivers.dataclass_lite import frozen, mutable
 
 
 @frozen
@@ -144,7 +144,7 @@ def test_wrong_arguments_are_refused_as_a_dataclass_refuses_them(
 def test_what_it_does_not_support_is_refused_when_the_class_is_made() -> None:
     with pytest.raises(TypeError, match="only plain fields"):
 
-        @frozen
+        @mutable
         class NoInit:
             a: int = field(init=False, default=1)
 
@@ -193,3 +193,37 @@ def test_no_code_is_compiled_for_a_class(monkeypatch: pytest.MonkeyPatch) -> Non
         a: int
 
     assert len(compiled) >= 4  # the spy sees what dataclasses compiles
+
+
+@mutable
+class State:
+    """Mutable bookkeeping."""
+
+    count: int = 0
+    seen: set[int] = field(default_factory=set)
+    label: str = field(default="", compare=False)
+
+
+@dataclass
+class StateDc:
+    count: int = 0
+    seen: set[int] = field(default_factory=set)
+    label: str = field(default="", compare=False)
+
+
+def test_mutable_as_a_dataclass() -> None:
+    s, d = State(), StateDc()
+    assert repr(s) == repr(d).replace("StateDc(", "State(")
+    s.count += 1
+    s.seen.add(3)
+    s.extra = 1  # type: ignore[attr-defined]  # no slots, as a plain dataclass
+    assert (s.count, s.seen) == (1, {3}) and State().seen == set()
+    assert State(1, {3}, "a") == State(1, {3}, "b") != State(2)
+    assert dataclasses.asdict(State(2)) == dataclasses.asdict(StateDc(2))
+    assert dataclasses.replace(s, count=5).count == 5
+    assert State.__hash__ is None and StateDc.__hash__ is None
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(s)
+    assert copy.deepcopy(s) == s and pickle.loads(pickle.dumps(State(4))) == State(4)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        State(colour=1)
