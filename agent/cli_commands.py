@@ -77,13 +77,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     import faulthandler
     import signal
 
-    from agent.runner import run_agent
-
     # a technician's `kill -USR1` dumps every thread's stack to the journal
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     cfg = _load_config(args.config)
     _config_logging(args, cfg.log_level)
-    return run_agent(cfg)
+    from agent.store_early import EarlyStore
+
+    # the store opens on its own thread (mostly disk syncs) while the rest is imported
+    early = EarlyStore(cfg.storage)
+    from agent.runner import run_agent
+
+    return run_agent(cfg, early)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

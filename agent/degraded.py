@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,11 +146,15 @@ class StorageGuard:
         self.replaced: Path | None = None  # where a corrupt database was kept
         self.on_open: Callable[[Store], Awaitable[None]] | None = None
         self.recovered_after: float | None = None  # set on recovery, taken by the agent
+        # an opening already under way on the store's thread (agent/store_early.py): the
+        # first ``open`` takes its result, errors included
+        self.first: Future[Store] | None = None
 
     async def open(self) -> bool:
         """Open the database (again); a corrupt one is set aside and a new one made."""
+        first, self.first = self.first, None
         try:
-            st = await self.call(self.opener)
+            st = await (asyncio.wrap_future(first) if first else self.call(self.opener))
         except Exception as e:
             if not is_storage_error(e):
                 raise

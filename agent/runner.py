@@ -28,7 +28,7 @@ import gc
 import logging
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.clock import SyncClock
@@ -46,6 +46,7 @@ from agent.runner_loops import LoopsMixin, release_free_memory
 from agent.runner_pipeline import PipelineMixin
 from agent.runner_storage import StorageMixin
 from agent.store import SampleRow, Store
+from agent.store_early import EarlyStore, open_store
 from agent.uplink import MqttSettings, Uplink
 
 if TYPE_CHECKING:
@@ -101,11 +102,20 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         clock: Clock | None = None,
         config_version: int = 0,
         config_conflict: str = "",
+        early: EarlyStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_version = config_version
         self.clock: Clock = clock if clock is not None else SyncClock()
-        self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        # the store's one thread: the early opening's (``cmd_run``), which may have the
+        # store open already, or a new one
+        taken = early.take(cfg.storage) if early is not None else None
+        self.db = (
+            early.executor
+            if early is not None
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        )
+        self.early_boot: Future[int | None] | None = taken[1] if taken else None
         self.store: Store | None = None
         self.uplink: Uplink | None = None
         rotated = cfg.storage.path.parent / "agent-rotated.key"
@@ -138,15 +148,12 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         self.live_now = asyncio.Event()  # a period closed: write the snapshot now
         self.storage = StorageGuard(
             self.call,
-            lambda: Store(
-                cfg.storage.path,
-                max_mb=cfg.storage.max_mb,
-                sample_retention_days=cfg.storage.sample_retention_days,
-            ),
+            lambda: open_store(cfg.storage),
             cfg.storage.path,
             wall=self.clock.wall,
             mono=self.clock.mono,
         )
+        self.storage.first = taken[0] if taken else None
         self.outbox = GuardedOutbox(self.storage)
 
     # --- helpers ------------------------------------------------------------------
@@ -410,12 +417,12 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         self.db.shutdown(wait=True)
 
 
-def run_agent(cfg: Config) -> int:
+def run_agent(cfg: Config, early: EarlyStore | None = None) -> int:
     t0 = time.monotonic()
     cfg, version, problem = apply_overlay(cfg)
     if problem:
         log.error("remote config overlay ignored (local file in effect): %s", problem)
-    agent = Agent(cfg, config_version=version, config_conflict=problem)
+    agent = Agent(cfg, config_version=version, config_conflict=problem, early=early)
     asyncio.run(agent.run())
     log.info("stopped after %.0f s", time.monotonic() - t0)
     return 0

@@ -15,6 +15,7 @@ from agent.uplink_drain import Refusal, refusal_event_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from concurrent.futures import Future
 
     from agent.commands import RemoteHandler
     from agent.config import Config
@@ -33,6 +34,7 @@ class StorageMixin:
     store: Store | None
     uplink: Uplink | None
     boot: int
+    early_boot: Future[int | None] | None  # the boot counted by the early opening
     remote: RemoteHandler
     channels: dict[str, Channel]
     topic: str
@@ -69,8 +71,12 @@ class StorageMixin:
     async def on_store_open(self, store: Store) -> None:
         """The store is open (at start-up, or later after a degraded start)."""
         self.store = store
-        ok, boot = await self.storage.run("boot", lambda st: st.next_boot())
-        self.boot = int(boot) if ok and boot is not None else store.boot() + 1
+        early, self.early_boot = self.early_boot, None  # counted by the early opening
+        boot = await asyncio.wrap_future(early) if early is not None else None
+        if boot is None:
+            ok, boot = await self.storage.run("boot", lambda st: st.next_boot())
+            boot = boot if ok else None
+        self.boot = int(boot) if boot is not None else store.boot() + 1
         if self.uplink is not None:
             self.uplink.boot = self.boot
         if self.pipeline_ready.is_set():  # else build_pipeline does it

@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
-import csv
 import functools
 import io
 import json
@@ -336,6 +335,8 @@ def sql_text(s: str) -> str:
 
 def csv_text(s: str) -> str:
     """A text as the csv module writes it as one cell of a row of several."""
+    import csv  # only for export and the write-time check: not at start-up
+
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow([s, ""])
     return buf.getvalue()[:-2]

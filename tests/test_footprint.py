@@ -158,13 +158,15 @@ def test_run_starts_without_cyclic_gc(monkeypatch: pytest.MonkeyPatch, tmp_path:
     import gc
 
     from agent import cli, cli_commands, runner
+    from agent.store_early import EarlyStore
     from tests.support.rig import write_config
 
     cfg = write_config(tmp_path, 1502, "mqtt://127.0.0.1:1883")
     seen: dict[str, bool] = {}
 
-    def fake_run(c: object) -> int:
+    def fake_run(c: object, early: EarlyStore) -> int:
         seen["run"] = gc.isenabled()
+        early.executor.submit(lambda: early.opened.result().close()).result()
         return 0
 
     def fake_check(args: object) -> int:
