@@ -34,6 +34,7 @@ AFTER_FIRST_CONNECT = (
     "drivers.mbus_device",
     "drivers.mbus_map",
     "importlib.resources",
+    "csv",
 )
 
 
@@ -47,6 +48,33 @@ def modules_after(code: str) -> set[str]:
 
 def loaded_after(code: str) -> set[str]:
     return {m.split(".")[0] for m in modules_after(code)}
+
+
+def test_no_dataclass_code_is_compiled_for_ours_before_the_first_connect(tmp_path: Path) -> None:
+    """Each ``@dataclass`` compiles its methods when its module is imported (about 1 ms a
+    frozen class): the types loaded before the first publish use ``drivers.dataclass_lite``,
+    which compiles nothing. aiomqtt's own dataclasses are not ours to change."""
+    from tests.support.rig import write_config
+
+    cfg = write_config(tmp_path, 1502, "mqtt://127.0.0.1:1883")
+    probe = (
+        "import dataclasses, json\n"
+        "seen = []\n"
+        "real = dataclasses._create_fn\n"
+        "def spy(name, *a, **k):\n"
+        "    seen.append(k['globals']['__name__'])\n"
+        "    return real(name, *a, **k)\n"
+        "dataclasses._create_fn = spy\n"
+        "import agent.runner, agent.cli, agent.store_early\n"
+        f"from agent.config import load\ncfg = load({str(cfg)!r})\n"
+        "print(json.dumps(sorted(set(seen))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    compiled_for = set(json.loads(out.splitlines()[-1]))
+    assert "aiomqtt.client" in compiled_for  # the spy sees what is compiled
+    assert not {m for m in compiled_for if m.split(".")[0] in ("agent", "drivers")}
 
 
 def test_runner_imports_no_schema_modbus_or_demo_stack() -> None:
