@@ -82,7 +82,7 @@ from agent.store_intervals import CODEC_FIELDS, IntervalQueries
 from agent.store_refusals import RefusalRecords
 from agent.store_samples import SampleStore
 from agent.store_schema import MIGRATIONS, Migration, StoreError, migrate
-from agent.store_wire import WireMessage, wire_jws
+from agent.store_wire import Row, WireMessage, id_runs, wire_messages
 from agent.store_zdict import ZDICT_V1
 
 __all__ = [
@@ -396,9 +396,6 @@ class Store(IntervalQueries, SampleStore, RefusalRecords):
     def unsent_wire(self, limit: int, after_id: int = 0) -> list[WireMessage]:
         """``unsent`` with each payload as the bytes to publish (``agent.store_wire``)."""
         self._check()
-        zd, topics, heads = self._zd(), self._topic_text, self._header_text
-        hb: dict[int, bytes] = {}
-        out: list[WireMessage] = []
         rows = self.conn.execute(
             "SELECT id, stream, seq, topic, qos, retain, hdr, codec, "
             + self._payload_sql
@@ -407,29 +404,24 @@ class Store(IntervalQueries, SampleStore, RefusalRecords):
         ).fetchall()
         ids = [r[0] for r in rows if r[7] == CODEC_FIELDS and not r[8]]
         fields = self._fields_rows(ids) if ids else {}
-        for mid, stream, seq, topic, qos, retain, hdr, codec, payload, sig in rows:
-            if codec == CODEC_FIELDS and payload:  # not yet sent: its compressed payload
-                codec = CODEC_DEFLATE_DICT1
-            if codec == CODEC_FIELDS:  # an interval record kept as its fields only
-                text = self._unpack(mid, stream, seq, hdr, codec, payload, sig, fields)
-                data = text.encode("ascii")
-            else:
-                h = hb.get(hdr)
-                if h is None:
-                    h = hb[hdr] = heads.get(hdr, "").encode("ascii")
-                data = wire_jws(h, codec, payload, sig or b"", zd)
-            out.append(WireMessage(mid, stream, seq, topics[topic], qos, bool(retain), data))
-        return out
+
+        def rebuild(r: Row) -> bytes:  # an interval record kept as its fields only
+            return self._unpack(r[0], r[1], r[2], r[6], r[7], r[8], r[9], fields).encode("ascii")
+
+        zd = self._zd()
+        return wire_messages(rows, self._topic_text, self._header_text, zd, CODEC_FIELDS, rebuild)
 
     def mark_sent(self, ids: Sequence[int]) -> None:
         self._check()
         if not ids:
             return
+        # one statement per run of consecutive ids (the drain marks its acknowledged prefix:
+        # usually one run per batch) instead of one per id
+        runs = id_runs(ids)
         with self._txn(durable=False) as c:
-            rows = [(int(i),) for i in ids]
-            c.executemany("UPDATE messages SET sent = 1 WHERE id = ?", rows)
+            c.executemany("UPDATE messages SET sent = 1 WHERE id BETWEEN ? AND ?", runs)
             if self.schema_version >= 3:
-                c.executemany("DELETE FROM undelivered WHERE msg = ?", rows)
+                c.executemany("DELETE FROM undelivered WHERE msg BETWEEN ? AND ?", runs)
             c.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_publish', ?)",
                 (repr(float(self.clock())),),

@@ -287,11 +287,14 @@ class Drain:
         )
 
     def batch_pending(self) -> bool:
-        """More acknowledgements are coming and the waiting ids are not a batch yet."""
+        """More acknowledgements are coming (publishes in flight, or more buffered to
+        publish) and the waiting ids are not a batch yet. The window runs empty between
+        bursts whenever the broker acknowledges a whole burst in one read: without the
+        buffer this marked about every 50 ids instead of 256."""
         m = self.marks
         return (
             not self.ending
-            and bool(len(self.window))
+            and bool(len(self.window) or self.buf)
             and len(m.unmarked) < MARK_BATCH
             and not m.unmarked_refused
         )

@@ -29,21 +29,29 @@ class Window:
 
     def sent(self, sid: int, mid: int, qos: int, now: float) -> list[int]:
         """Record a publish; returns the ids released by it (QoS 0 needs no PUBACK)."""
-        self._order.append((sid, now))
-        self.peak = max(self.peak, len(self._order))
-        if qos == 0:
-            self._done.add(sid)
-        else:
+        order = self._order
+        order.append((sid, now))
+        if len(order) > self.peak:
+            self.peak = len(order)
+        if qos:
+            # nothing to release: after every call the oldest entry is unacknowledged
             self._mids[mid] = sid
+            return []
+        self._done.add(sid)
         return self._release()
 
     def ack(self, mid: int) -> list[int]:
         """A PUBACK for ``mid``; returns the stored ids now acknowledged with every message
         published before them, in publish order."""
         sid = self._mids.pop(mid, None)
-        if sid is not None:
+        if sid is None:
+            return []  # unknown or repeated: the oldest entry is still unacknowledged
+        order = self._order
+        if order[0][0] != sid:  # acknowledged out of order: waits for the ones before it
             self._done.add(sid)
-        return self._release()
+            return []
+        order.popleft()  # the usual case: the oldest one (and what waited behind it)
+        return [sid, *self._release()] if self._done else [sid]
 
     def oldest_age(self, now: float) -> float | None:
         """Seconds the oldest unacknowledged publish has waited, None when none waits."""
@@ -54,8 +62,9 @@ class Window:
 
     def _release(self) -> list[int]:
         out: list[int] = []
-        while self._order and self._order[0][0] in self._done:
-            sid, _ = self._order.popleft()
-            self._done.discard(sid)
+        order, done = self._order, self._done
+        while order and order[0][0] in done:
+            sid, _ = order.popleft()
+            done.discard(sid)
             out.append(sid)
         return out
