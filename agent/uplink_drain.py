@@ -168,8 +168,7 @@ class Drain:
         self.original: Any = inner.on_publish
         self.loop = asyncio.get_running_loop()
         self.window = window
-        # wait_slot's future and how many free slots end it (PUBACKs are batched: waking
-        # for every single one cost about as much as the publish itself)
+        # wait_slot's future and how many free slots end it (not woken for every PUBACK)
         self.waiter: asyncio.Future[None] | None = None
         self.want_free = 1
         self.refilling = False  # the waiter's wait lets ``refill`` publish
@@ -205,18 +204,13 @@ class Drain:
     def released(self, ids: list[int]) -> None:
         """Ids acknowledged with every message published before them: mark them."""
         if ids:
-            refused_now, inflight = self.refused_now, self.inflight
-            for sid in ids:
-                m = inflight.pop(sid, None)
-                refusal = refused_now.pop(sid, None) if refused_now else None
-                if refusal is None:
-                    self.marks.unmarked.add(sid)
-                elif refusal.permanent:
-                    self.marks.unmarked_refused[sid] = (refusal.code, refusal.reason)
-                    if m is not None:
-                        self.report(m, refusal)
-                elif m is not None:
-                    self.hold(m, refusal)
+            if not self.refused_now:  # the usual case: all accepted
+                pop = self.inflight.pop
+                for sid in ids:
+                    pop(sid, None)
+                self.marks.unmarked.update(ids)
+            else:
+                self.sort_refused(ids)
             if self.marking is None or self.marking.done():
                 if self.marks.waiting():
                     self.marking = self.loop.create_task(self.mark_loop())
@@ -234,6 +228,20 @@ class Drain:
                     self.loop.call_soon(self.refill)
             else:
                 w.set_result(None)
+
+    def sort_refused(self, ids: list[int]) -> None:
+        refused_now, inflight = self.refused_now, self.inflight
+        for sid in ids:
+            m = inflight.pop(sid, None)
+            refusal = refused_now.pop(sid, None) if refused_now else None
+            if refusal is None:
+                self.marks.unmarked.add(sid)
+            elif refusal.permanent:
+                self.marks.unmarked_refused[sid] = (refusal.code, refusal.reason)
+                if m is not None:
+                    self.report(m, refusal)
+            elif m is not None:
+                self.hold(m, refusal)
 
     def refill(self) -> None:
         """The steady state of a long drain: the next burst published from a callback while
@@ -260,11 +268,7 @@ class Drain:
         log.warning(
             "uplink: broker refused %s seq %d on %s: %s (0x%02x); kept as refused, the"
             " stream goes on (cmd resend retries it)",
-            m.stream,
-            m.seq,
-            m.topic,
-            refusal.reason,
-            refusal.code,
+            *(m.stream, m.seq, m.topic, refusal.reason, refusal.code),
         )
         cb = self.up.on_refused
         if cb is not None:
@@ -279,24 +283,18 @@ class Drain:
         self.holds[m.stream] = StreamHold(time.monotonic() + delay, attempt)
         log.warning(
             "uplink: broker refused %s seq %d for now (%s); stream %s held %.0f s",
-            m.stream,
-            m.seq,
-            refusal.reason,
-            m.stream,
-            delay,
+            *(m.stream, m.seq, refusal.reason, m.stream, delay),
         )
 
     def batch_pending(self) -> bool:
-        """More acknowledgements are coming (publishes in flight, or more buffered to
-        publish) and the waiting ids are not a batch yet. The window runs empty between
-        bursts whenever the broker acknowledges a whole burst in one read: without the
-        buffer this marked about every 50 ids instead of 256."""
+        """More acknowledgements are coming (in flight, or buffered to publish: the window
+        runs empty between bursts) and the waiting ids are not a batch yet."""
         m = self.marks
         return (
-            not self.ending
-            and bool(len(self.window) or self.buf)
-            and len(m.unmarked) < MARK_BATCH
+            len(m.unmarked) < MARK_BATCH
             and not m.unmarked_refused
+            and not self.ending
+            and bool(self.buf or len(self.window))
         )
 
     async def gather(self) -> None:
