@@ -38,7 +38,7 @@ import paho.mqtt.client as paho
 from agent.jws import b64u_decode
 from agent.outbox import Outbox, Outgoing
 from agent.uplink_window import Window
-from agent.uplink_wire import begin_burst, end_burst
+from agent.uplink_wire import begin_burst, end_burst, fast_pubacks, slow_pubacks
 from drivers.dataclass_lite import frozen, mutable
 
 T = TypeVar("T")
@@ -204,13 +204,22 @@ class Drain:
     def released(self, ids: list[int]) -> None:
         """Ids acknowledged with every message published before them: mark them."""
         if ids:
-            if not self.refused_now:  # the usual case: all accepted
-                pop = self.inflight.pop
+            refused_now, inflight = self.refused_now, self.inflight
+            if not refused_now:  # the usual case: all accepted
                 for sid in ids:
-                    pop(sid, None)
+                    inflight.pop(sid, None)
                 self.marks.unmarked.update(ids)
-            else:
-                self.sort_refused(ids)
+            for sid in ids if refused_now else ():
+                m = inflight.pop(sid, None)
+                refusal = refused_now.pop(sid, None) if refused_now else None
+                if refusal is None:
+                    self.marks.unmarked.add(sid)
+                elif refusal.permanent:
+                    self.marks.unmarked_refused[sid] = (refusal.code, refusal.reason)
+                    if m is not None:
+                        self.report(m, refusal)
+                elif m is not None:
+                    self.hold(m, refusal)
             if self.marking is None or self.marking.done():
                 if self.marks.waiting():
                     self.marking = self.loop.create_task(self.mark_loop())
@@ -228,20 +237,6 @@ class Drain:
                     self.loop.call_soon(self.refill)
             else:
                 w.set_result(None)
-
-    def sort_refused(self, ids: list[int]) -> None:
-        refused_now, inflight = self.refused_now, self.inflight
-        for sid in ids:
-            m = inflight.pop(sid, None)
-            refusal = refused_now.pop(sid, None) if refused_now else None
-            if refusal is None:
-                self.marks.unmarked.add(sid)
-            elif refusal.permanent:
-                self.marks.unmarked_refused[sid] = (refusal.code, refusal.reason)
-                if m is not None:
-                    self.report(m, refusal)
-            elif m is not None:
-                self.hold(m, refusal)
 
     def refill(self) -> None:
         """The steady state of a long drain: the next burst published from a callback while
@@ -470,6 +465,7 @@ class Drain:
 
     async def run(self) -> None:
         self.inner.on_publish = self.on_publish
+        fast = fast_pubacks(self.inner, self.window.owns)
         # a first read of two windows: publishing starts before a whole batch is decoded
         self.pending_fetch = self.fetch(0, min(self.up.batch, 2 * self.window.size))
         try:
@@ -489,6 +485,7 @@ class Drain:
             raise
         finally:
             self.inner.on_publish = self.original
+            slow_pubacks(self.inner, fast)
             if self.tick is not None:
                 self.tick.cancel()
             self.ending = True

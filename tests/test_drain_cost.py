@@ -149,10 +149,22 @@ def ex() -> Any:
     e.shutdown(wait=True)
 
 
-def test_a_backlog_is_marked_in_batches(mosquitto: Mosquitto, ex: ThreadPoolExecutor) -> None:
+def test_a_backlog_is_marked_in_batches(
+    mosquitto: Mosquitto, ex: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The broker acknowledges a whole burst in one read, so the window runs empty between
     bursts; marks still wait for a batch while more is buffered (they used to go every
-    50 or so ids)."""
+    50 or so ids). The PUBACKs take the fast path."""
+    import agent.uplink_drain as drain_mod
+
+    fast: list[Any] = []
+    from agent.uplink_wire import fast_pubacks as install
+
+    def spy(inner: Any, owns: Any) -> Any:
+        fast.append(install(inner, owns))
+        return fast[-1]
+
+    monkeypatch.setattr(drain_mod, "fast_pubacks", spy)
     signer = Signer(Ed25519PrivateKey.generate())
     store = MemStore()
     n = 4000
@@ -170,3 +182,100 @@ def test_a_backlog_is_marked_in_batches(mosquitto: Mosquitto, ex: ThreadPoolExec
     assert len(store.sent) == n
     # a batch per MARK_BATCH ids, a few short ones where a read was late and at the end
     assert store.mark_calls <= n // MARK_BATCH + n // 500 + 4, store.mark_calls
+    assert fast and fast[0] is not None and fast[0].taken == n  # Mosquitto: 0x10, no props
+
+
+# --- PUBACKs of the drain's own publishes, without paho's decoding -------------------------
+
+
+def puback_client(protocol: Any) -> tuple[Any, list[tuple[int, int, bool, str]]]:
+    """A paho client (not connected) with three queued QoS 1 publishes (mids 1-3) and an
+    ``on_publish`` that records what it is given."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+    seen: list[tuple[int, int, bool, str]] = []
+
+    def on_publish(_c: Any, _u: Any, mid: int, rc: Any, props: Any) -> None:
+        seen.append((mid, rc.value, rc.is_failure, str(props)))
+
+    c.on_publish = on_publish
+    for _ in range(3):
+        c.publish("t/x", b"p", qos=1)
+    return c, seen
+
+
+def feed(c: Any, packet: bytes) -> None:
+    """paho handling one received PUBACK (as ``_packet_read`` hands it on)."""
+    c._in_packet["command"] = 0x40
+    c._in_packet["packet"] = bytearray(packet)
+    c._packet_handle()
+
+
+@pytest.mark.parametrize("protocol", [5, 4])
+def test_fast_pubacks_complete_the_drains_publishes_as_paho_does(protocol: Any) -> None:
+    from agent.uplink_wire import fast_pubacks, slow_pubacks
+
+    accepted = [b"\x00\x01", b"\x00\x02\x10", b"\x00\x03\x00\x00"]
+    if protocol == 4:  # MQTT 3.1.1: a PUBACK is the mid alone
+        accepted = [b"\x00\x01", b"\x00\x02", b"\x00\x03"]
+    plain, plain_seen = puback_client(protocol)
+    fast_c, fast_seen = puback_client(protocol)
+    fast = fast_pubacks(fast_c, lambda mid: mid in (1, 2, 3))
+    assert fast is not None
+    for p in accepted:
+        feed(plain, p)
+        feed(fast_c, p)
+    assert fast.taken == 3  # none went through paho's decoding
+    assert fast_seen == plain_seen and [s[0] for s in fast_seen] == [1, 2, 3]
+    assert dict(fast_c._out_messages) == dict(plain._out_messages) == {}
+    assert fast_c._inflight_messages == plain._inflight_messages
+    feed(fast_c, b"\x00\x02")  # repeated: nothing to complete, nothing called
+    assert len(fast_seen) == 3
+    slow_pubacks(fast_c, fast)
+    assert "_handle_pubackcomp" not in vars(fast_c)
+
+
+def test_fast_pubacks_leave_everything_else_to_paho() -> None:
+    from agent.uplink_wire import fast_pubacks
+
+    c, seen = puback_client(5)
+    c.publish("t/x", b"p", qos=1)  # mid 4
+    fast = fast_pubacks(c, lambda mid: mid in (1, 2, 4))
+    assert fast is not None
+    feed(c, b"\x00\x01\x87")  # a refusal (not authorized)
+    feed(c, b"\x00\x02\x10\x05\x1f\x00\x02ok")  # with a property (reason string)
+    feed(c, b"\x00\x03\x10")  # not the drain's (a live publish): aiomqtt's handler
+    with pytest.raises(Exception, match="name"):  # no PUBACK reason code: paho's error
+        feed(c, b"\x00\x04\x11")
+    assert fast.taken == 0
+    assert [(mid, code, failed) for mid, code, failed, _ in seen] == [
+        (1, 0x87, True),
+        (2, 0x10, False),
+        (3, 0x10, False),
+    ]
+    assert list(c._out_messages) == [4]
+
+
+def test_fast_pubacks_only_on_the_paho_they_were_written_against() -> None:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.uplink_wire import fast_pubacks
+
+    class Other:
+        pass
+
+    assert fast_pubacks(Other(), lambda mid: True) is None
+
+    class Renamed(paho.Client):  # a dispatcher that no longer calls it by that name
+        def _packet_handle(self) -> Any:
+            return 0
+
+    r = Renamed(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    assert fast_pubacks(r, lambda mid: True) is None
+    assert "_handle_pubackcomp" not in vars(r)
+    c: Any = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    c._in_packet = None
+    assert fast_pubacks(c, lambda mid: True) is None
