@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent.protocol import HEAT_METER
+from agent.waits import Signal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -31,7 +32,7 @@ class Channel:
     last: Reading | None = None
     poll_s: float = 1.0
     stored_ts: float = -math.inf  # time of the last reading kept for the disk
-    poll_now: asyncio.Event = field(default_factory=asyncio.Event)
+    poll_now: asyncio.Event = field(default_factory=Signal)  # cheap timed wait
     loaded: bool = False  # aggregator state and samples read from the store
 
 
