@@ -162,11 +162,12 @@ class PipelineMixin:
     async def close_periods(self, ch: Channel) -> None:
         if not ch.loaded and not await self.load_channel(ch):
             bound_pending(ch.pending, ch.params.period_s)
+            ch.newest = None  # thinned in place
             return
         st = ch.state
         if not ch.pending:
             return
-        newest = max(s.ts for s in ch.pending)
+        newest = ch.newest_ts()  # max(s.ts for s in ch.pending), from what was added
         p = ch.params.period_s
         if st.boundary is not None and newest < st.boundary + p:
             return
@@ -187,6 +188,7 @@ class PipelineMixin:
         )
         if not ok:  # degraded: the readings stay pending (bounded) until the store works
             bound_pending(ch.pending, ch.params.period_s)
+            ch.newest = None  # thinned in place
             return
         ch.state = new_state
         b = new_state.boundary
