@@ -63,12 +63,12 @@ All events carry ``kind``, ``t`` (Unix s; ``agent.events.event_body`` turns it i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from agent import limiter_law as law
 from agent.limiter_events import dur, ev, exceeded
-from agent.limiter_state import LimiterParams, LimiterState, Override, Track
+from agent.limiter_state import LimiterParams, LimiterState, Override, Track, evolve
 
 __all__ = ["Action", "LimiterParams", "LimiterState", "MeterInput", "Override", "Track", "step"]
 
@@ -101,7 +101,7 @@ def _write(
 ) -> LimiterState:
     """A new command: the valve travels from where it is (reported, else the old command)."""
     frm = pos if pos is not None else (s.applied_pct if s.applied_pct is not None else 100.0)
-    return replace(
+    return evolve(
         s,
         applied_pct=pct,
         last_write_t=t,
@@ -120,7 +120,7 @@ def effective(p: LimiterParams, s: LimiterState, t: float) -> LimiterParams:
         f = o.flow_limit_m3h if f is None else min(f, o.flow_limit_m3h)
     if o.power_limit_kw is not None:
         w = o.power_limit_kw if w is None else min(w, o.power_limit_kw)
-    return replace(p, flow_limit_m3h=f, power_limit_kw=w)
+    return evolve(p, flow_limit_m3h=f, power_limit_kw=w)
 
 
 def _expire(
@@ -139,7 +139,7 @@ def _expire(
         reason="expired",
         duration_s=round(o.until - o.since, 3),
     )
-    return replace(s, override=None), [e]
+    return evolve(s, override=None), [e]
 
 
 def _plausible(p: LimiterParams, m: MeterInput) -> bool:
@@ -160,7 +160,7 @@ def _plausible(p: LimiterParams, m: MeterInput) -> bool:
 
 def _bad_reading(p: LimiterParams, s: LimiterState, m: MeterInput) -> tuple[LimiterState, Action]:
     bad_since = s.bad_since if s.bad_since is not None else m.t
-    s = replace(s, bad_since=bad_since)
+    s = evolve(s, bad_since=bad_since)
     ref = s.last_t if s.last_t is not None else bad_since
     if s.failsafe_since is not None or m.t - ref <= p.stale_s:
         return s, Action(None, [], s.limiting)
@@ -183,7 +183,7 @@ def _bad_reading(p: LimiterParams, s: LimiterState, m: MeterInput) -> tuple[Limi
         if held:
             write = p.default_pct
             s = _write(s, m.t, write, p, None)
-    s = replace(s, failsafe_since=ref, limiting=False, since=None, open_since=None)
+    s = evolve(s, failsafe_since=ref, limiting=False, since=None, open_since=None)
     return s, Action(write, events, False)
 
 
@@ -216,7 +216,7 @@ def _budget(
         assert tr.period is not None
         rates.append((name, law.allowed_rate(lim, tr.used, tr.period, p, s, t), rate, eps, lim))
         vol, energy = (tr, energy) if name == "flow" else (vol, tr)
-    return replace(s, vol=vol, energy=energy, last_t=t), rates, events
+    return evolve(s, vol=vol, energy=energy, last_t=t), rates, events
 
 
 def _return_limit(
@@ -235,16 +235,16 @@ def _return_limit(
     events: list[dict[str, Any]] = []
     if s.ret_allow is None:
         above = (s.ret_above_since if s.ret_above_since is not None else t) if ret > hi else None
-        s = replace(s, ret_above_since=above)
+        s = evolve(s, ret_above_since=above)
         if above is None or t - above < p.return_hold_s or flow <= FLOW_EPS_M3H:
             return s, None, []
-        s = replace(s, ret_allow=flow, ret_ref=flow, ret_since=t, ret_above_since=None)
+        s = evolve(s, ret_allow=flow, ret_ref=flow, ret_since=t, ret_above_since=None)
         events.append(ev(p, "return_limit_engaged", t, ret, hi, flow_m3h=round(flow, 4)))
     elif act:
-        s = replace(s, ret_allow=law.return_allow(p, s, ret, flow))
+        s = evolve(s, ret_allow=law.return_allow(p, s, ret, flow))
     below = ret <= hi - p.return_hyst_c
     since = (s.ret_below_since if s.ret_below_since is not None else t) if below else None
-    s = replace(s, ret_below_since=since)
+    s = evolve(s, ret_below_since=since)
     if since is not None and t - since >= p.return_hold_s:
         events.append(
             ev(
@@ -256,7 +256,7 @@ def _return_limit(
                 duration_s=None if s.ret_since is None else round(t - s.ret_since, 3),
             )
         )
-        s = replace(s, ret_allow=None, ret_ref=None, ret_since=None, ret_below_since=None)
+        s = evolve(s, ret_allow=None, ret_ref=None, ret_since=None, ret_below_since=None)
         return s, None, events
     assert s.ret_allow is not None
     return s, ("return", s.ret_allow, flow, FLOW_EPS_M3H, s.ret_ref or s.ret_allow), events
@@ -271,7 +271,7 @@ def step(p: LimiterParams, s: LimiterState, m: MeterInput) -> tuple[LimiterState
         return s, Action(None, events, False)
     if not _plausible(p, m):
         s, a = _bad_reading(p, s, m)
-        return s, replace(a, events=events + a.events)
+        return s, evolve(a, events=events + a.events)
     if s.last_t is not None and m.t == s.last_t:
         return s, Action(None, events, s.limiting)  # the same reading again
     t = m.t
@@ -279,8 +279,8 @@ def step(p: LimiterParams, s: LimiterState, m: MeterInput) -> tuple[LimiterState
         if p.enforce:
             d = t - s.failsafe_since
             events.append(ev(p, "limiter_failsafe_end", t, d, p.stale_s, duration_s=round(d, 3)))
-        s = replace(s, failsafe_since=None)
-    s = replace(s, bad_since=None)
+        s = evolve(s, failsafe_since=None)
+    s = evolve(s, bad_since=None)
     s, rates, evs = _budget(p, contract, s, m)
     events += evs
     s, fresh = law.observe_meter(s, t, (m.flow_m3h or 0.0, m.power_kw or 0.0))
@@ -296,12 +296,12 @@ def step(p: LimiterParams, s: LimiterState, m: MeterInput) -> tuple[LimiterState
                 ev(p, "flow_limit_released", t, None, p.flow_limit_m3h,
                    reason="enforce_off", duration_s=dur(s, t))
             )  # fmt: skip
-        s = replace(s, limiting=False, since=None, open_since=None)
+        s = evolve(s, limiting=False, since=None, open_since=None)
         return s, Action(None, events, False)
     if not rates:
         return s, Action(None, events, s.limiting)
     s, a = _decide(p, s, m, rates, fresh, act)
-    return s, replace(a, events=events + a.events)
+    return s, evolve(a, events=events + a.events)
 
 
 def _decide(
@@ -323,7 +323,7 @@ def _decide(
             return s, Action(None, [], False)
         name, meas, a, lim = over[0]
         write = law.quantise(desired, p.resolution_pct)
-        s = _write(replace(s, limiting=True, since=t, open_since=None), t, write, p, pos)
+        s = _write(evolve(s, limiting=True, since=t, open_since=None), t, write, p, pos)
         events.append(
             ev(p, "flow_limit_enforced", t, meas, lim, by=name, allowed_now=round(a, 4),
                limit_pct=write)
@@ -331,7 +331,7 @@ def _decide(
         return s, Action(write, events, True)
     if act:
         wide_open = desired >= 100.0 - 1e-9 and within
-        s = replace(
+        s = evolve(
             s, open_since=(s.open_since if s.open_since is not None else t) if wide_open else None
         )
     if s.open_since is not None and t - s.open_since >= p.release_hold_s:
@@ -339,7 +339,7 @@ def _decide(
             ev(p, "flow_limit_released", t, rates[0][2], rates[0][4],
                reason="demand_below_limit", duration_s=dur(s, t))
         )  # fmt: skip
-        s = replace(s, limiting=False, since=None, open_since=None)
+        s = evolve(s, limiting=False, since=None, open_since=None)
         s = _write(s, t, p.default_pct, p, pos)
         return s, Action(p.default_pct, events, False)
     since_write = math.inf if s.last_write_t is None else t - s.last_write_t
@@ -349,6 +349,6 @@ def _decide(
         if moved and since_write >= p.min_write_interval_s:
             return _write(s, t, want, p, pos), Action(want, events, True)
     if since_write >= p.refresh_s and s.applied_pct is not None:
-        s = replace(s, last_write_t=t)
+        s = evolve(s, last_write_t=t)
         return s, Action(s.applied_pct, events, True, refresh=True)
     return s, Action(None, events, True)

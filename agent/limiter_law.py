@@ -15,10 +15,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from agent.limiter_events import Closed
-from agent.limiter_state import LimiterParams, LimiterState, Track
+from agent.limiter_state import LimiterParams, LimiterState, Track, evolve
 
 RATIO_MAX = 4.0
 
@@ -55,7 +54,7 @@ def account(
         # period start; the period counts as observed only if that is about now
         used = rate * (t - ps) / 3600.0
         full = t - ps <= min(gap_s, 0.05 * period_s)
-        return replace(tr, period=ps, used=used, full=full, reg=reg, reg_t=t), []
+        return evolve(tr, period=ps, used=used, full=full, reg=reg, reg_t=t), []
     # a meter refreshes its registers every 10-60 s: a step covers the time since the
     # register last changed, not since the last reading
     since = tr.reg_t if tr.reg_t is not None and tr.reg_t < t else last_t
@@ -77,7 +76,7 @@ def account(
     else:
         used += d
     reg_t = t if reg != tr.reg else since
-    return replace(tr, period=period, used=used, full=full, reg=reg, reg_t=reg_t), closed
+    return evolve(tr, period=period, used=used, full=full, reg=reg, reg_t=reg_t), closed
 
 
 def response_s(p: LimiterParams, s: LimiterState) -> float:
@@ -124,14 +123,14 @@ def observe_valve(p: LimiterParams, s: LimiterState, t: float, pos: float | None
     """Track when the valve comes to rest after a command: at the command by its reported
     position, or when the travel model says it arrived and the position stopped moving."""
     if s.rest_since is not None:
-        return replace(s, last_pos=pos)
+        return evolve(s, last_pos=pos)
     cmd = s.applied_pct
     arrived = s.settle_t is None or t >= s.settle_t
     if pos is not None and cmd is not None and abs(pos - cmd) <= p.position_tol_pct:
         arrived = True
     elif pos is not None and s.last_pos is not None and abs(pos - s.last_pos) > 0.05:
         arrived = False  # still moving, whatever the model says
-    return replace(s, last_pos=pos, rest_since=t if arrived else None)
+    return evolve(s, last_pos=pos, rest_since=t if arrived else None)
 
 
 def observe_meter(
@@ -144,13 +143,13 @@ def observe_meter(
         ref = max(s.fresh_t or -math.inf, s.steady_t or -math.inf)
         wait = 2.0 * s.meter_iv + 1.0 if s.meter_iv > 0 else 120.0
         if math.isfinite(ref) and t - ref >= wait:
-            return replace(s, steady_t=t), True
+            return evolve(s, steady_t=t), True
         return s, False
     iv = s.meter_iv
     if s.fresh_t is not None and t > s.fresh_t:
         d = t - s.fresh_t
         iv = d if iv <= 0 else clamp(0.7 * iv + 0.3 * d, 0.5, 300.0)
-    return replace(s, last_meas=meas, fresh_t=t, steady_t=None, meter_iv=iv), True
+    return evolve(s, last_meas=meas, fresh_t=t, steady_t=None, meter_iv=iv), True
 
 
 def can_act(p: LimiterParams, s: LimiterState, t: float, fresh: bool) -> bool:

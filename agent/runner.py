@@ -48,6 +48,7 @@ from agent.runner_storage import StorageMixin
 from agent.store import SampleRow, Store
 from agent.store_early import EarlyStore, open_store
 from agent.uplink import MqttSettings, Uplink
+from agent.waits import Signal, wait_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -141,11 +142,11 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
         self.release_pending = False
         self.notifier = Notifier()
         self.errlog = RateLimiter(60.0)
-        self.stopping = asyncio.Event()
+        self.stopping: asyncio.Event = Signal()  # cheap timed waits (agent.waits)
         self.topic = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}"
         self.config_conflict = config_conflict
         self.last_records: dict[str, dict[str, Any]] = {}
-        self.live_now = asyncio.Event()  # a period closed: write the snapshot now
+        self.live_now: asyncio.Event = Signal()  # a period closed: write the snapshot now
         self.storage = StorageGuard(
             self.call,
             lambda: open_store(cfg.storage),
@@ -161,12 +162,11 @@ class Agent(StorageMixin, PipelineMixin, LimiterMixin, LoopsMixin):
     async def pause(self, seconds: float) -> bool:
         """Sleep, or less when stopping; False once stopping. The loops check it rather than
         rely on cancellation alone: Python 3.11's wait_for can swallow a cancel that meets
-        an inner completion (seen with aiomqtt's publish), and a loop would then go on."""
+        an inner completion (seen with aiomqtt's publish), and a loop would then go on.
+        No task per pause (``agent.waits``): the timers wake every second."""
         if self.stopping.is_set():
             return False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), max(0.0, seconds))
-        return not self.stopping.is_set()
+        return not await wait_event(self.stopping, seconds)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store method on the writer thread."""

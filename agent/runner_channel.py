@@ -10,6 +10,7 @@ from dataclasses import field
 from typing import TYPE_CHECKING
 
 from agent.protocol import HEAT_METER
+from agent.waits import Signal
 from drivers.dataclass_lite import mutable
 
 if TYPE_CHECKING:
@@ -32,8 +33,35 @@ class Channel:
     last: Reading | None = None
     poll_s: float = 1.0
     stored_ts: float = -math.inf  # time of the last reading kept for the disk
-    poll_now: asyncio.Event = field(default_factory=asyncio.Event)
+    poll_now: asyncio.Event = field(default_factory=Signal)  # cheap timed wait
     loaded: bool = False  # aggregator state and samples read from the store
+    # newest_ts's memo: (the pending list, how many of its samples were looked at, the
+    # last of them, the newest ts among them)
+    newest: tuple[list[agg.Sample], int, agg.Sample | None, float] | None = None
+
+    def newest_ts(self) -> float:
+        """The newest ``ts`` in ``pending`` (not empty). Between two closes of a period the
+        list only grows (``append``), so only the samples added since the last call are
+        looked at, not the whole period's (3,600 at 1 s polls and hourly records). A new
+        list, or one whose first samples are no longer those looked at (shorter, or
+        another sample where the last one looked at was), is scanned whole; whoever thins
+        the list in place sets ``newest`` to None as well."""
+        p, memo = self.pending, self.newest
+        n = len(p)
+        if (
+            memo is None
+            or memo[0] is not p
+            or memo[1] > n
+            or (memo[1] and p[memo[1] - 1] is not memo[2])
+        ):
+            memo = (p, 0, None, -math.inf)
+        top = memo[3]
+        for i in range(memo[1], n):
+            ts = p[i].ts
+            if ts > top:
+                top = ts
+        self.newest = (p, n, p[n - 1] if n else None, top)
+        return top
 
 
 def record_params(

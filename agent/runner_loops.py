@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.store import Store
+from agent.waits import wait_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -145,8 +146,7 @@ class LoopsMixin:
                 if ok:
                     log.warning("live snapshot %s not written: %s (%d suppressed)", path, e, n)
             self.live_now.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.live_now.wait(), self.cfg.live.every_s)
+            await wait_event(self.live_now, self.cfg.live.every_s)
 
     async def telemetry_loop(self) -> None:
         from agent import snapshot

@@ -6,7 +6,6 @@ the raw samples kept for the disk."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,6 +14,7 @@ from agent.degraded import StorageGuard, bound_pending, is_storage_error
 from agent.protocol import HEAT_METER
 from agent.runner_channel import Channel, to_sample
 from agent.store import SampleRow, Store
+from agent.waits import wait_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -90,8 +90,7 @@ class PipelineMixin:
                 next_t = mono()
                 delay = 0.0
             ch.poll_now.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ch.poll_now.wait(), max(0.0, delay))
+            await wait_event(ch.poll_now, delay)  # no task per poll (agent.waits)
 
     def poll_all_now(self) -> None:
         """Every device polled at once (the ``poll_now`` command)."""
@@ -163,11 +162,12 @@ class PipelineMixin:
     async def close_periods(self, ch: Channel) -> None:
         if not ch.loaded and not await self.load_channel(ch):
             bound_pending(ch.pending, ch.params.period_s)
+            ch.newest = None  # thinned in place
             return
         st = ch.state
         if not ch.pending:
             return
-        newest = max(s.ts for s in ch.pending)
+        newest = ch.newest_ts()  # max(s.ts for s in ch.pending), from what was added
         p = ch.params.period_s
         if st.boundary is not None and newest < st.boundary + p:
             return
@@ -188,6 +188,7 @@ class PipelineMixin:
         )
         if not ok:  # degraded: the readings stay pending (bounded) until the store works
             bound_pending(ch.pending, ch.params.period_s)
+            ch.newest = None  # thinned in place
             return
         ch.state = new_state
         b = new_state.boundary
