@@ -107,6 +107,12 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] | None = N
     for i in range(version, len(steps)):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # another connection may have made this step since the version was read (a
+            # tool or test opening the file while the agent creates it): read it again
+            # under the write lock, so a step never runs twice
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) > i:
+                conn.execute("COMMIT")
+                continue
             steps[i](db)
             conn.execute(f"PRAGMA user_version = {i + 1}")
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():

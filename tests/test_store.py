@@ -159,6 +159,47 @@ def test_a_failing_migration_changes_nothing(
     c.close()
 
 
+def test_a_second_opener_during_creation_makes_no_step_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent creates its database on a thread while it starts; a tool or a test may
+    open the same new file meanwhile. The second opener reads schema version 0 while the
+    first is inside its first step, then waits for the write lock: it must not run the
+    steps the first has made by then ("table already exists")."""
+    inside, go_on = threading.Event(), threading.Event()
+    first = store_mod.MIGRATIONS[0]
+
+    def slow_first(d: sqlite_utils.Database) -> None:
+        if threading.current_thread().name == "first":
+            inside.set()
+            go_on.wait(10)
+        first(d)
+
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", [slow_first, *store_mod.MIGRATIONS[1:]])
+    db = tmp_path / "agent.db"
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            Store(db).close()
+        except BaseException as e:
+            errors.append(e)
+
+    a = threading.Thread(target=open_one, name="first")
+    a.start()
+    assert inside.wait(10)
+    b = threading.Thread(target=open_one, name="second")
+    b.start()
+    time.sleep(0.3)  # the second has read version 0 and waits for the lock
+    go_on.set()
+    a.join(60)
+    b.join(60)
+    assert not errors, errors
+    st = Store(db)
+    assert st.schema_version == len(store_mod.MIGRATIONS)
+    st.close()
+
+
 def test_a_database_from_a_newer_agent_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "agent.db"
     Store(db).close()

@@ -78,8 +78,16 @@ class SnapshotLog:
 
 
 def record_counts(db: Path) -> dict[str, int]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        return {d: n for d, n in c.execute("SELECT device, count(*) FROM intervals GROUP BY 1")}
+    """Records per device; none while the agent is still creating the database (it opens
+    it early, while it starts: a reader can see it between two migrations)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+            q = "SELECT device, count(*) FROM intervals GROUP BY 1"
+            return {d: n for d, n in c.execute(q)}
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return {}
+        raise
 
 
 def value_cells(dom: str, device: str) -> dict[str, tuple[str, str, str]]:
