@@ -25,7 +25,8 @@ DECISIONS = (
         "timefmt", "config_schema", "web/charts", "web/pages",
         "web/svg")),
     *(f"drivers/{m}.py" for m in (
-        "health", "mbus_app", "mbus_codec", "mbus_frame", "mbus_map", "mbus_vif", "types")),
+        "dataclass_lite", "health", "mbus_app", "mbus_codec", "mbus_frame", "mbus_map",
+        "mbus_vif", "types")),
     *(f"simulator/{m}.py" for m in ("actuator", "meter", "meter_faults")),
 )  # fmt: skip
 AGENT_IO = frozenset(
