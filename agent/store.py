@@ -132,6 +132,16 @@ class Store(IntervalQueries, SampleStore, RefusalRecords):
         self._check()
         if stream in CHAINED_STREAMS:
             raise StoreError(f"{stream} seqs are assigned when a message is stored")
+        self.reserve_live(stream)
+        nxt, limit = self._live[stream]
+        self._live[stream] = (nxt + 1, limit)
+        return nxt
+
+    def reserve_live(self, stream: str) -> None:
+        """Make sure the next ``next_seq(stream)`` needs no disk write: a block of seqs is
+        reserved now (durably) when none is left (the early opening does this for
+        ``status``, off the first publish's path)."""
+        self._check()
         nxt, limit = self._live.get(stream, (0, 0))
         if nxt == 0 or nxt > limit:
             with self._txn(durable=True) as c:
@@ -140,8 +150,7 @@ class Store(IntervalQueries, SampleStore, RefusalRecords):
                 c.execute(
                     "INSERT OR REPLACE INTO seqs(stream, last) VALUES (?, ?)", (stream, limit)
                 )
-        self._live[stream] = (nxt + 1, limit)
-        return nxt
+            self._live[stream] = (nxt, limit)
 
     def raise_seq_floor(self, stream: str, last: int) -> None:
         """Live stream ``stream`` has handed out seqs up to ``last`` without the store
