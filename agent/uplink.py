@@ -54,6 +54,7 @@ from agent.uplink_conn import (
     INBOX_SIZE,
     MAX_INBOUND_BYTES,
     BrokerAddress,
+    backoff_cap,
     backoff_delay,
     connect,
     connect_properties,
@@ -76,6 +77,7 @@ __all__ = [
     "Outgoing",
     "Uplink",
     "Window",
+    "backoff_cap",
     "backoff_delay",
     "connect",
     "describe_error",
@@ -121,7 +123,9 @@ class Uplink:
         window: int = 32,
         clock: Callable[[], float] = time.time,
         backoff_base: float = 0.5,
-        backoff_cap: float = 3.0,
+        backoff_cap: float = 1.5,
+        backoff_cap_long: float = 30.0,
+        long_outage_s: float = 600.0,
         batch: int = 500,
         timeout_s: float = 15.0,
         connect_timeout_s: float = 5.0,
@@ -141,6 +145,8 @@ class Uplink:
         self.clock = clock
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.backoff_cap_long = backoff_cap_long
+        self.long_outage_s = long_outage_s
         self.batch = max(self.window, batch)
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -254,6 +260,7 @@ class Uplink:
         self._run_task = asyncio.current_task()
         handler = asyncio.create_task(self._handle_loop(), name="uplink-handler")
         attempt = 0
+        down_since = time.monotonic()  # the outage's start: the last lasting session's end
         try:
             while True:
                 before = self.connects
@@ -272,7 +279,13 @@ class Uplink:
                 # with our id, a broker kicking us) backs off like a failed connect
                 lasted = time.monotonic() - self._session_start > 10
                 attempt = 0 if self.connects > before and lasted else attempt + 1
-                delay = backoff_delay(attempt, self.rng(), self.backoff_base, self.backoff_cap)
+                now = time.monotonic()
+                if attempt == 0:
+                    down_since = now
+                cap = backoff_cap(
+                    now - down_since, self.backoff_cap, self.backoff_cap_long, self.long_outage_s
+                )
+                delay = backoff_delay(attempt, self.rng(), self.backoff_base, cap)
                 log.debug("uplink: reconnect in %.2f s", delay)
                 await asyncio.sleep(delay)
         finally:

@@ -25,6 +25,7 @@ from agent.jws import Signer, b64u_decode, envelope
 from agent.uplink import (
     Uplink,
     Window,
+    backoff_cap,
     backoff_delay,
     describe_error,
     parse_url,
@@ -66,9 +67,20 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
     assert backoff_delay(10, 1.0, 1, 60) == 60.0
     assert backoff_delay(1000, 0.5, 1, 60) == 45.0
     assert len({backoff_delay(4, r / 10, 1, 60) for r in range(11)}) == 11
-    # the defaults: whatever the outage, the next attempt comes within 3 s
-    assert max(backoff_delay(a, 1.0) for a in range(200)) == 3.0
+    # the defaults: in a short outage the next attempt comes within 1.5 s
+    assert max(backoff_delay(a, 1.0) for a in range(200)) == 1.5
     assert backoff_delay(0, 0.0) == 0.25
+
+
+def test_backoff_cap_is_short_in_a_short_outage_and_long_in_a_long_one() -> None:
+    assert backoff_cap(0.0) == backoff_cap(599.9) == 1.5  # a broker restart: back at once
+    assert backoff_cap(600.0) == backoff_cap(86400.0) == 30.0  # hours: spare the LTE link
+    assert backoff_cap(1000.0, 2.0, 1.0) == 2.0  # never below the short cap
+    # a 60 s outage: the broker's return is met within 1.5 s whatever the jitter
+    delays = [
+        backoff_delay(a, r / 10, 0.5, backoff_cap(60.0)) for a in range(40) for r in range(11)
+    ]
+    assert max(delays) == 1.5 and min(delays[20:]) >= 0.75
 
 
 def test_parse_url() -> None:
