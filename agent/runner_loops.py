@@ -98,7 +98,6 @@ class LoopsMixin:
         from agent import snapshot  # loaded after the first connect (start-up time)
 
         cfg, c, up = self.cfg, self.cfg.contract, self.uplink
-        terms = {f.name: getattr(cfg.delivery, f.name) for f in dataclasses.fields(cfg.delivery)}
         return snapshot.build_snapshot(
             site=cfg.site.id,
             wall=self.clock.wall(),
@@ -110,7 +109,7 @@ class LoopsMixin:
             period_s=cfg.site.period_s,
             contract={"flow_limit_m3h": c.flow_limit_m3h, "power_limit_kw": c.power_limit_kw,
                       "enforce": c.enforce},
-            delivery=terms,
+            delivery=dataclasses.asdict(cfg.delivery),
             devices=[
                 snapshot.DeviceView(
                     name=name, role=ch.params.role, transport=ch.device.spec.transport,

@@ -54,7 +54,7 @@ from agent.uplink_conn import (
     INBOX_SIZE,
     MAX_INBOUND_BYTES,
     BrokerAddress,
-    backoff_cap,
+    backoff_cap_for,
     backoff_delay,
     connect,
     connect_properties,
@@ -77,7 +77,7 @@ __all__ = [
     "Outgoing",
     "Uplink",
     "Window",
-    "backoff_cap",
+    "backoff_cap_for",
     "backoff_delay",
     "connect",
     "describe_error",
@@ -282,7 +282,7 @@ class Uplink:
                 now = time.monotonic()
                 if attempt == 0:
                     down_since = now
-                cap = backoff_cap(
+                cap = backoff_cap_for(
                     now - down_since, self.backoff_cap, self.backoff_cap_long, self.long_outage_s
                 )
                 delay = backoff_delay(attempt, self.rng(), self.backoff_base, cap)

@@ -77,12 +77,12 @@ def backoff_delay(attempt: int, rnd: float, base: float = 0.5, cap: float = 1.5)
     The uplink's defaults (0.5 s, capped at 1.5 s in a short outage) put the first attempt
     after a broker's return within 1.5 s, so the backlog is through within 2 s (issue 16's
     target); the jitter spreads a fleet's reconnects over 0.75..1.5 s. A long outage
-    backs off further (``backoff_cap``)."""
+    backs off further (``backoff_cap_for``)."""
     d = min(cap, base * (2.0 ** min(attempt, 30)))
     return d * (0.5 + 0.5 * min(max(rnd, 0.0), 1.0))
 
 
-def backoff_cap(
+def backoff_cap_for(
     outage_s: float, short_cap: float = 1.5, long_cap: float = 30.0, long_after_s: float = 600.0
 ) -> float:
     """The backoff's cap ``outage_s`` into an outage: short for its first ``long_after_s``

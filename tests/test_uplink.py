@@ -25,7 +25,7 @@ from agent.jws import Signer, b64u_decode, envelope
 from agent.uplink import (
     Uplink,
     Window,
-    backoff_cap,
+    backoff_cap_for,
     backoff_delay,
     describe_error,
     parse_url,
@@ -73,12 +73,12 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
 
 
 def test_backoff_cap_is_short_in_a_short_outage_and_long_in_a_long_one() -> None:
-    assert backoff_cap(0.0) == backoff_cap(599.9) == 1.5  # a broker restart: back at once
-    assert backoff_cap(600.0) == backoff_cap(86400.0) == 30.0  # hours: spare the LTE link
-    assert backoff_cap(1000.0, 2.0, 1.0) == 2.0  # never below the short cap
+    assert backoff_cap_for(0.0) == backoff_cap_for(599.9) == 1.5  # a broker restart: back at once
+    assert backoff_cap_for(600.0) == backoff_cap_for(86400.0) == 30.0  # hours: spare the LTE link
+    assert backoff_cap_for(1000.0, 2.0, 1.0) == 2.0  # never below the short cap
     # a 60 s outage: the broker's return is met within 1.5 s whatever the jitter
     delays = [
-        backoff_delay(a, r / 10, 0.5, backoff_cap(60.0)) for a in range(40) for r in range(11)
+        backoff_delay(a, r / 10, 0.5, backoff_cap_for(60.0)) for a in range(40) for r in range(11)
     ]
     assert max(delays) == 1.5 and min(delays[20:]) >= 0.75
 

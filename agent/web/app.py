@@ -112,7 +112,7 @@ class WebApp:
         c, d = self.cfg.contract, self.cfg.delivery
         contract = {"flow_limit_m3h": c.flow_limit_m3h, "power_limit_kw": c.power_limit_kw,
                     "enforce": c.enforce}  # fmt: skip
-        delivery = {f.name: getattr(d, f.name) for f in dataclasses.fields(d)}
+        delivery = dataclasses.asdict(d)
         if snap is not None:  # the terms in force (a remote config/set may have changed them)
             contract = snap.get("contract") or contract
             delivery = snap.get("delivery") or delivery
